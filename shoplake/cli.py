@@ -1,0 +1,184 @@
+"""``shoplake``: one command per stage, calling the same functions the Airflow DAGs call."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from shoplake.errors import ShoplakeError
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+F = TypeVar("F", bound=Callable[..., Any])
+EVENT_SUFFIXES = (".csv", ".csv.gz", ".json", ".json.gz", ".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
+
+EventsOption = Annotated[
+    list[Path],
+    typer.Option("--events", help="Events file (CSV or JSON lines, optionally .gz) or a folder of them; repeatable."),
+]
+ItemsOption = Annotated[Path | None, typer.Option("--items", help="Item catalogue (CSV or JSON lines).")]
+RunIdOption = Annotated[str | None, typer.Option("--run-id", help="Run id to record; default: a new one.")]
+
+
+def _clear_errors(command: F) -> F:
+    """Print shoplake's own errors as one line and exit 2; anything else keeps its traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        try:
+            return command(*args, **kwargs)
+        except ShoplakeError as error:
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def expand_event_paths(paths: list[Path]) -> list[str]:
+    """Files as given; a folder stands for the events files directly inside it, in name order."""
+    expanded: list[str] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(EVENT_SUFFIXES))
+            if not found:
+                raise ShoplakeError(f"{path}: folder holds no events files ({', '.join(EVENT_SUFFIXES)})")
+            expanded.extend(str(p) for p in found)
+        elif not path.is_file():
+            raise ShoplakeError(f"{path}: no such file")
+        else:
+            expanded.append(str(path))
+    return expanded
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@app.command()
+@_clear_errors
+def generate(
+    events: Annotated[int, typer.Option(help="Number of behaviour events.")] = 1_000_000,
+    days: Annotated[int, typer.Option(help="Days the events span.")] = 30,
+    items: Annotated[int, typer.Option(help="Number of catalogue items.")] = 50_000,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("generated"),
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same files.")] = 46,
+) -> None:
+    """Write a synthetic shop in the REES46 schema (one CSV per day) and its item catalogue."""
+    from shoplake.generate import generate_shop
+
+    shop = generate_shop(out, events=events, days=days, items=items, seed=seed)
+    typer.echo(f"{shop.events:,} events ({shop.sessions:,} sessions, {shop.users:,} users) in {len(shop.event_files)} files under {out}/")
+    typer.echo(f"{shop.items:,} items in {shop.catalog_file}")
+
+
+def _ingest(events: list[Path], items_path: Path | None, run_id: str | None) -> str:
+    from shoplake.spark import get_spark
+    from spark_jobs import bronze, items
+
+    paths = [bronze.file_format(p) and p for p in expand_event_paths(events)]  # fail before Spark starts
+    if items_path is not None and not items_path.is_file():
+        raise ShoplakeError(f"{items_path}: no such file")
+    run_id = run_id or bronze.new_run_id("ingest")
+    spark = get_spark("shoplake-ingest")
+    landed = bronze.land_event_files(spark, paths, run_id=run_id, ingested_at=_now())
+    typer.echo(f"bronze_events: {landed.rows_landed:,} rows from {len(landed.files_landed)} new files "
+               f"({len(landed.files_already_landed)} already landed), version {landed.version}")  # fmt: skip
+    if items_path is not None:
+        result = items.land_catalog(spark, str(items_path), run_id=run_id, updated_at=_now())
+        typer.echo(f"items: {result.rows:,} catalogue rows merged, version {result.version}")
+    return run_id
+
+
+@app.command()
+@_clear_errors
+def ingest(events: EventsOption, items: ItemsOption = None, run_id: RunIdOption = None) -> None:
+    """Land events files into bronze (a file already landed is skipped) and, optionally, an item catalogue."""
+    _ingest(events, items, run_id)
+
+
+@app.command()
+@_clear_errors
+def tables() -> None:
+    """Each table's Delta version, rows, files and size."""
+    from shoplake import storage
+    from shoplake.catalog import TABLES
+    from shoplake.settings import get_settings
+
+    typer.echo(f"lake: {get_settings().lake_root}")
+    typer.echo(f"{'table':<20} {'version':>7} {'rows':>12} {'files':>6} {'size':>10}")
+    for name in TABLES:
+        info = storage.table_info(name)
+        if info is None:
+            typer.echo(f"{name:<20} {'-':>7} {'-':>12} {'-':>6} {'-':>10}  (not written yet)")
+        else:
+            typer.echo(f"{name:<20} {info.version:>7} {info.rows:>12,} {info.files:>6} {_size(info.size_bytes):>10}")
+
+
+def _size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+@app.command()
+@_clear_errors
+def pipeline(events: EventsOption, items: ItemsOption = None, run_id: RunIdOption = None) -> None:
+    """The whole pipeline without Airflow: every stage in order, then where each output is."""
+    from shoplake.settings import get_settings
+
+    run_id = _ingest(events, items, run_id)
+    settings = get_settings()
+    typer.echo(f"\nrun {run_id} done. Outputs:")
+    typer.echo(f"  lake (Delta tables): {settings.lake_root}")
+    typer.echo(f"  reports:             {settings.reports_dir}")
+    tables()
+
+
+@app.command()
+@_clear_errors
+def vacuum(
+    table: Annotated[list[str] | None, typer.Argument(help="Tables; default: all written tables.")] = None,
+    retention_hours: Annotated[int, typer.Option(help="Keep files any version this recent needs.")] = 168,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be deleted.")] = False,
+) -> None:
+    """Delete data files that no version within the retention needs."""
+    from shoplake import storage
+
+    for name in table or _written_tables():
+        removed = storage.vacuum_table(name, retention_hours=retention_hours, dry_run=dry_run)
+        typer.echo(f"{name}: {len(removed)} files {'would be ' if dry_run else ''}removed")
+
+
+@app.command()
+@_clear_errors
+def optimize(table: Annotated[list[str] | None, typer.Argument(help="Tables; default: all written tables.")] = None) -> None:
+    """Compact small files and checkpoint the log."""
+    from shoplake import storage
+
+    for name in table or _written_tables():
+        metrics = storage.optimize_table(name)
+        typer.echo(f"{name}: {metrics['numFilesRemoved']} files compacted into {metrics['numFilesAdded']}")
+
+
+def _written_tables() -> list[str]:
+    from shoplake import storage
+    from shoplake.catalog import TABLES
+
+    return [name for name in TABLES if storage.table_version(name) is not None]
+
+
+def main() -> None:
+    app(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
