@@ -35,7 +35,9 @@ def _fields(*specs: tuple[str, T.DataType]) -> T.StructType:
     return T.StructType([T.StructField(name, dtype, nullable=True) for name, dtype in specs])
 
 
-S, L, I, D, TS, DT, B = T.StringType(), T.LongType(), T.IntegerType(), T.DoubleType(), T.TimestampType(), T.DateType(), T.BooleanType()
+# Short names keep the table declarations below readable as tables.
+S, L, INT, D = T.StringType(), T.LongType(), T.IntegerType(), T.DoubleType()
+TS, DT, B = T.TimestampType(), T.DateType(), T.BooleanType()
 FEATURE_TIMES = (("event_timestamp", TS), ("created_timestamp", TS))
 
 RAW_EVENT_COLUMNS = (
@@ -48,7 +50,7 @@ BRONZE_EVENTS = TableSpec(
     "bronze_events", "bronze",
     _fields(
         *((c, S) for c in RAW_EVENT_COLUMNS),
-        ("field_count", I), ("raw_line", S), *SOURCE_COLUMNS, ("ingested_at", TS), ("event_date", DT),
+        ("field_count", INT), ("raw_line", S), *SOURCE_COLUMNS, ("ingested_at", TS), ("event_date", DT),
     ),
     keys=("file_checksum", "line_number"), partition_by=("event_date",),
     description="Rows exactly as they came (strings). raw_line is kept only when the field count is wrong; "
@@ -59,7 +61,7 @@ QUARANTINE_EVENTS = TableSpec(
     "quarantine_events", "bronze",
     _fields(
         *((c, S) for c in RAW_EVENT_COLUMNS),
-        ("field_count", I), ("raw_line", S), *SOURCE_COLUMNS,
+        ("field_count", INT), ("raw_line", S), *SOURCE_COLUMNS,
         ("reason", S), ("detail", S), ("run_id", S), ("quarantined_at", TS), ("event_date", DT),
     ),
     keys=("file_checksum", "line_number"), partition_by=("event_date",),
@@ -94,7 +96,7 @@ INTERACTIONS = TableSpec(
 ITEM_SIMILARITY = TableSpec(
     "item_similarity", "gold",
     _fields(
-        ("item_id", L), ("neighbor_item_id", L), ("weight", D), ("support", L), ("rank", I),
+        ("item_id", L), ("neighbor_item_id", L), ("weight", D), ("support", L), ("rank", INT),
         *FEATURE_TIMES, ("as_of_date", DT),
     ),
     keys=("as_of_date", "item_id", "neighbor_item_id"), partition_by=("as_of_date",),
@@ -102,17 +104,19 @@ ITEM_SIMILARITY = TableSpec(
 )  # fmt: skip
 
 CF_RECOMMENDATIONS = TableSpec(
-    "cf_recommendations", "gold",
-    _fields(("user_id", L), ("item_id", L), ("score", D), ("rank", I), *FEATURE_TIMES, ("as_of_date", DT)),
-    keys=("as_of_date", "user_id", "item_id"), partition_by=("as_of_date",),
+    "cf_recommendations",
+    "gold",
+    _fields(("user_id", L), ("item_id", L), ("score", D), ("rank", INT), *FEATURE_TIMES, ("as_of_date", DT)),
+    keys=("as_of_date", "user_id", "item_id"),
+    partition_by=("as_of_date",),
     description="Top-N items per user by the item-based CF score, bought items excluded.",
 )
 
 USER_FEATURES = TableSpec(
     "user_features", "gold",
     _fields(
-        ("user_id", L), ("recency_days", I), ("frequency", L), ("monetary", D),
-        ("r_score", I), ("f_score", I), ("m_score", I), ("segment", S),
+        ("user_id", L), ("recency_days", INT), ("frequency", L), ("monetary", D),
+        ("r_score", INT), ("f_score", INT), ("m_score", INT), ("segment", S),
         *((f"{COUNT_COLUMN[t]}_{w}d", L) for t in EVENT_TYPES for w in WINDOWS_DAYS),
         ("sessions_30d", L), ("mean_session_seconds", D), ("view_to_purchase_rate", D),
         ("top_categories", T.ArrayType(S)), ("top_category_shares", T.ArrayType(D)),
@@ -127,7 +131,7 @@ ITEM_FEATURES = TableSpec(
     _fields(
         ("item_id", L), *((f"{COUNT_COLUMN[t]}_{w}d", L) for t in ("view", "cart", "purchase") for w in WINDOWS_DAYS),
         ("distinct_users_30d", L), ("view_to_cart_rate", D), ("view_to_purchase_rate", D),
-        ("popularity_rank", I), ("category_popularity_rank", I),
+        ("popularity_rank", INT), ("category_popularity_rank", INT),
         ("price_mean", D), ("price_min", D), ("price_max", D), ("category_code", S),
         ("category_l1", S), ("category_l2", S), ("category_l3", S), ("brand", S),
         *FEATURE_TIMES, ("as_of_date", DT),
@@ -149,7 +153,7 @@ ITEMS = TableSpec(
 ITEM_EMBEDDINGS = TableSpec(
     "item_embeddings", "gold",
     _fields(
-        ("item_id", L), ("model", S), ("dim", I), ("embedding", T.ArrayType(T.FloatType())),
+        ("item_id", L), ("model", S), ("dim", INT), ("embedding", T.ArrayType(T.FloatType())),
         ("content_hash", S), ("embedded_at", TS),
     ),
     keys=("item_id", "model"),

@@ -74,7 +74,9 @@ def generate(
     from shoplake.generate import generate_shop
 
     shop = generate_shop(out, events=events, days=days, items=items, seed=seed)
-    typer.echo(f"{shop.events:,} events ({shop.sessions:,} sessions, {shop.users:,} users) in {len(shop.event_files)} files under {out}/")
+    typer.echo(
+        f"{shop.events:,} events ({shop.sessions:,} sessions, {shop.users:,} users) in {len(shop.event_files)} files under {out / 'events'}/"
+    )
     typer.echo(f"{shop.items:,} items in {shop.catalog_file}")
 
 
@@ -82,7 +84,9 @@ def _ingest(events: list[Path], items_path: Path | None, run_id: str | None) -> 
     from shoplake.spark import get_spark
     from spark_jobs import bronze, items
 
-    paths = [bronze.file_format(p) and p for p in expand_event_paths(events)]  # fail before Spark starts
+    paths = expand_event_paths(events)
+    for path in paths:
+        bronze.file_format(path)  # an unsupported format fails before Spark starts
     if items_path is not None and not items_path.is_file():
         raise ShoplakeError(f"{items_path}: no such file")
     run_id = run_id or bronze.new_run_id("ingest")
@@ -160,7 +164,9 @@ def vacuum(
 
 @app.command()
 @_clear_errors
-def optimize(table: Annotated[list[str] | None, typer.Argument(help="Tables; default: all written tables.")] = None) -> None:
+def optimize(
+    table: Annotated[list[str] | None, typer.Argument(help="Tables; default: all written tables.")] = None,
+) -> None:
     """Compact small files and checkpoint the log."""
     from shoplake import storage
 

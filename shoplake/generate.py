@@ -4,7 +4,7 @@ Items follow a Zipf popularity; each session browses one category (mostly), view
 down the funnel (view → cart → purchase, some carts removed). Sessions spread over the days with a daily rhythm.
 A small share of rows carries REES46's known dirt (exact duplicates, non-positive prices, empty category or brand)
 so the benchmark exercises the cleaning rules. Everything is vectorised with numpy and written with Arrow, one CSV
-file per day, plus an item catalogue (JSON lines) with titles and descriptions.
+file per day under ``events/``, plus an item catalogue ``items.jsonl`` with titles and descriptions.
 """
 
 from __future__ import annotations
@@ -95,7 +95,12 @@ def _catalog(n_items: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     order = np.argsort(item_category, kind="stable")  # items grouped by category, for per-category sampling
     item_category = item_category[order]
     brand_pick = rng.random(n_items)
-    brands = np.array([TAXONOMY[categories[c]][int(b * len(TAXONOMY[categories[c]]))] for c, b in zip(item_category, brand_pick, strict=True)])
+    brands = np.array(
+        [
+            TAXONOMY[categories[c]][int(b * len(TAXONOMY[categories[c]]))]
+            for c, b in zip(item_category, brand_pick, strict=True)
+        ]
+    )
     medians = np.array([PRICE_MEDIAN[categories[c].split(".")[0]] for c in item_category])
     prices = np.round(medians * rng.lognormal(0.0, 0.6, n_items), 2).clip(0.5, 5000)
     category_ids = 2053013552000000000 + np.array([zlib.crc32(c.encode()) % 10**9 for c in categories])[item_category]
@@ -106,12 +111,16 @@ def _catalog(n_items: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
             "popularity": _zipf_weights(n_items, 1.05, rng)}  # fmt: skip
 
 
-def _sample_items_in_category(catalog: dict[str, np.ndarray], categories: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _sample_items_in_category(
+    catalog: dict[str, np.ndarray], categories: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """For each requested category, an item of that category drawn by popularity (one vectorised searchsorted)."""
     category_index, popularity = catalog["category_index"], catalog["popularity"]
     n_categories = int(category_index.max()) + 1
     totals = np.bincount(category_index, weights=popularity, minlength=n_categories)
-    within = np.cumsum(popularity) - np.repeat(np.cumsum(totals) - totals, np.bincount(category_index, minlength=n_categories))
+    within = np.cumsum(popularity) - np.repeat(
+        np.cumsum(totals) - totals, np.bincount(category_index, minlength=n_categories)
+    )
     keys = category_index + within / totals[category_index]  # strictly increasing: category + cumulative share
     empty = totals[categories] == 0
     categories = np.where(empty, category_index[0], categories)
@@ -124,7 +133,7 @@ def generate_shop(out: Path, *, events: int, days: int, items: int, seed: int = 
     if events <= 0 or days <= 0 or items <= 0:
         raise ValueError("events, days and items must be positive")
     rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "events").mkdir(parents=True, exist_ok=True)
     catalog = _catalog(items, rng)
     n_users = max(10, events // 25)
     user_ids = rng.choice(np.arange(500_000_000, 500_000_000 + n_users * 10), size=n_users, replace=False)
@@ -140,12 +149,18 @@ def generate_shop(out: Path, *, events: int, days: int, items: int, seed: int = 
     day = rng.integers(0, days, n_sessions)
     second_of_day = (rng.beta(2.2, 1.6, n_sessions) * 86_400).astype(np.int64)  # busier evenings
     session_start = day * 86_400 + second_of_day
-    focus = _sample_items_in_category(catalog, rng.choice(catalog["category_index"], n_sessions, p=catalog["popularity"]), rng)
+    focus = _sample_items_in_category(
+        catalog, rng.choice(catalog["category_index"], n_sessions, p=catalog["popularity"]), rng
+    )
     focus_category = catalog["category_index"][focus]
 
     session_of_view = np.repeat(np.arange(n_sessions), session_views)
     stray = rng.random(len(session_of_view)) < 0.2  # one view in five leaves the session's category
-    view_category = np.where(stray, rng.choice(catalog["category_index"], len(session_of_view), p=catalog["popularity"]), focus_category[session_of_view])
+    view_category = np.where(
+        stray,
+        rng.choice(catalog["category_index"], len(session_of_view), p=catalog["popularity"]),
+        focus_category[session_of_view],
+    )
     view_item = _sample_items_in_category(catalog, view_category, rng)
     gaps = rng.exponential(MEAN_GAP_SECONDS, len(session_of_view))
     first_of_session = np.r_[0, np.cumsum(session_views)[:-1]]
@@ -162,6 +177,8 @@ def generate_shop(out: Path, *, events: int, days: int, items: int, seed: int = 
     delay = np.concatenate([np.zeros(len(view_item)), rng.exponential(60, len(carted)),
                             rng.exponential(300, len(bought)) + 60, rng.exponential(120, len(removed)) + 30])  # fmt: skip
     when = view_time[base] + delay.astype(np.int64)
+    inside = when < days * 86_400  # a funnel step delayed past the last day is not part of this span
+    base, event_type, when = base[inside], event_type[inside], when[inside]
     order = np.argsort(when, kind="stable")
     order = order[np.sort(rng.choice(len(order), size=min(events, len(order)), replace=False))]
     base, event_type, when = base[order], event_type[order], when[order]
@@ -173,6 +190,8 @@ def generate_shop(out: Path, *, events: int, days: int, items: int, seed: int = 
     keep = np.sort(keep, kind="stable")[:events]
     item, session, when, event_type = item[keep], session[keep], when[keep], event_type[keep]
 
+    if len(item) < events:
+        raise RuntimeError(f"generator drew only {len(item)} of {events} events; raise the oversampling")
     price = catalog["price"][item].copy()
     bad_price = (event_type != 0) & (rng.random(len(price)) < DIRT_RATE * 20)
     price[bad_price] = 0.0
@@ -200,7 +219,7 @@ def generate_shop(out: Path, *, events: int, days: int, items: int, seed: int = 
     for d in range(days):
         if bounds[d + 1] == bounds[d]:
             continue
-        path = out / f"events-{(START + dt.timedelta(days=d)):%Y-%m-%d}.csv"
+        path = out / "events" / f"events-{(START + dt.timedelta(days=d)):%Y-%m-%d}.csv"
         with path.open("wb") as handle:
             handle.write((",".join(table.column_names) + "\n").encode())
             pacsv.write_csv(table.slice(bounds[d], bounds[d + 1] - bounds[d]), handle,

@@ -27,7 +27,15 @@ def record_metrics(
     """Upsert one row per metric, keyed by (run_id, stage, metric), so a rerun replaces its own figures."""
     details = details or {}
     rows = [
-        (run_id, stage, name, float(value), json.dumps(details[name]) if name in details else None, run_date, recorded_at)
+        (
+            run_id,
+            stage,
+            name,
+            float(value),
+            json.dumps(details[name]) if name in details else None,
+            run_date,
+            recorded_at,
+        )
         for name, value in metrics.items()
     ]
     storage.merge_table(spark.createDataFrame(rows, RUN_METRICS.schema), RUN_METRICS)

@@ -15,6 +15,7 @@ Where Delta's Spark connector is on the classpath (a cluster that can reach Mave
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -33,7 +34,7 @@ from deltalake import DeltaTable
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
-from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
+from deltalake.transaction import AddAction, CommitProperties, RemoveAction, create_table_with_add_actions
 
 from shoplake.catalog import TableSpec, get_table
 from shoplake.errors import SchemaMismatchError, TableNotFoundError, WriteConflictError
@@ -226,9 +227,7 @@ def write_table(
         raise
 
 
-def merge_table(
-    df: DataFrame, table: str | TableSpec, keys: Sequence[str] | None = None, **kwargs: Any
-) -> WriteResult:
+def merge_table(df: DataFrame, table: str | TableSpec, keys: Sequence[str] | None = None, **kwargs: Any) -> WriteResult:
     """Upsert ``df`` into a table on ``keys``; shorthand for ``write_table(df, table, "merge", keys=keys)``."""
     return write_table(df, table, "merge", keys=keys, **kwargs)
 
@@ -381,7 +380,8 @@ def _commit(
     settings: Settings,
 ) -> WriteResult:
     now_ms = int(time.time() * 1000)
-    actions = [AddAction(f.relative_path, f.size, f.partition_values, now_ms, True, f.stats) for f in files]
+    adds = [AddAction(f.relative_path, f.size, f.partition_values, now_ms, True, f.stats) for f in files]
+    actions: list[AddAction | RemoveAction] = list(adds)
     schema = DeltaSchema.from_arrow(arrow_schema(spec))
     partition_by = list(spec.partition_by) or None
     properties = CommitProperties(custom_metadata=metadata)
@@ -390,7 +390,7 @@ def _commit(
             if mode == "overwrite_partitions" and not actions:
                 log.info("table %s: nothing to write and no table yet; creating it empty", spec.name)
             create_table_with_add_actions(
-                uri, schema, actions, mode="error", partition_by=partition_by,
+                uri, schema, adds, mode="error", partition_by=partition_by,
                 storage_options=settings.storage_options or None, commit_properties=properties,
             )  # fmt: skip
         elif mode == "append":
@@ -414,7 +414,9 @@ def _commit(
                 commit_properties=properties,
             )  # fmt: skip
     except CommitFailedError as error:
-        raise WriteConflictError(f"table {spec.name}: another writer committed first; retry the write ({error})") from error
+        raise WriteConflictError(
+            f"table {spec.name}: another writer committed first; retry the write ({error})"
+        ) from error
     except DeltaError as error:
         if snapshot is None and "already exists" in str(error).lower():
             raise WriteConflictError(f"table {spec.name}: created by another writer at the same time; retry") from error
@@ -470,7 +472,9 @@ def _merge(
         )  # fmt: skip
         log.info("table %s: merge %s", spec.name, result)
     except CommitFailedError as error:
-        raise WriteConflictError(f"table {spec.name}: another writer committed first; retry the merge ({error})") from error
+        raise WriteConflictError(
+            f"table {spec.name}: another writer committed first; retry the merge ({error})"
+        ) from error
     finally:
         _delete_dir(staged_dir)
     version = DeltaTable(uri, storage_options=settings.storage_options or None).version()
@@ -513,7 +517,7 @@ def _write_with_connector(
                 row.asDict() for row in df.select(*spec.partition_by).distinct().collect()
             ]  # fmt: skip
             if not targets:
-                return WriteResult(spec.name, int(SparkDeltaTable.forPath(spark, path).history(1).first()["version"]), 0, 0)
+                return WriteResult(spec.name, int(_last_commit(spark, path)["version"]), 0, 0)
             where = " OR ".join(
                 "(" + " AND ".join(f"`{c}` = '{_partition_string(p[c])}'" for c in spec.partition_by) + ")"
                 for p in targets
@@ -522,10 +526,18 @@ def _write_with_connector(
         else:
             writer = writer.mode("append" if mode == "append" else "overwrite")
         writer.save(path)
-    last = SparkDeltaTable.forPath(spark, path).history(1).first()
+    last = _last_commit(spark, path)
     metrics = last["operationMetrics"] or {}
     rows = int(metrics.get("numOutputRows") or metrics.get("numSourceRows") or 0)
     return WriteResult(spec.name, int(last["version"]), rows, int(metrics.get("numFiles") or 0))
+
+
+def _last_commit(spark: SparkSession, path: str) -> Any:
+    from delta.tables import DeltaTable as SparkDeltaTable
+
+    last = SparkDeltaTable.forPath(spark, path).history(1).first()
+    assert last is not None, f"{path}: a Delta table without history"
+    return last
 
 
 # ---------------------------------------------------------------------------------------------------- upkeep
@@ -533,19 +545,15 @@ def _write_with_connector(
 
 def _delete_dir(uri: str) -> None:
     fs, base = _filesystem(uri)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         fs.delete_dir(base)
-    except FileNotFoundError:
-        pass
 
 
 def _delete_files(uri: str, relative_paths: Iterable[str]) -> None:
     fs, base = _filesystem(uri)
     for relative in relative_paths:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             fs.delete_file(f"{base}/{relative}")
-        except FileNotFoundError:
-            pass
 
 
 def vacuum_table(table: str | TableSpec, retention_hours: int = 168, dry_run: bool = False) -> list[str]:

@@ -92,10 +92,14 @@ def inspect_event_file(path: str) -> EventFile:
         header = tuple(h.strip().strip('"') for h in first.split(","))
         missing = [c for c in RAW_EVENT_COLUMNS if c not in header]
         if missing:
-            raise InputError(f"{path}: not a CSV events file: header lacks {', '.join(missing)} (found {first[:200]!r})")
+            raise InputError(
+                f"{path}: not a CSV events file: header lacks {', '.join(missing)} (found {first[:200]!r})"
+            )
         extra = [h for h in header if h not in RAW_EVENT_COLUMNS]
         if extra:
-            log.warning("%s: columns %s are not part of the events schema; bronze keeps only the known ones", path, extra)
+            log.warning(
+                "%s: columns %s are not part of the events schema; bronze keeps only the known ones", path, extra
+            )
         return EventFile(path, kind, file_checksum(path), header)
     try:
         if not isinstance(json.loads(first), dict):
@@ -157,9 +161,7 @@ def transform_jsonl_fields(numbered: DataFrame) -> DataFrame:
     )  # fmt: skip
 
 
-def transform_bronze(
-    fields: DataFrame, files: Sequence[EventFile], run_id: str, ingested_at: dt.datetime
-) -> DataFrame:
+def transform_bronze(fields: DataFrame, files: Sequence[EventFile], run_id: str, ingested_at: dt.datetime) -> DataFrame:
     """The bronze schema: raw fields, the raw line when its field count is wrong, and provenance."""
     by_index = F.col("file_index") + 1
     return fields.select(

@@ -67,7 +67,9 @@ def check_catalog(raw: DataFrame, items: DataFrame, path: str) -> None:
     bad_ids = raw.filter(F.col("item_id").isNull() | F.col("item_id").try_cast("long").isNull())
     examples = [r.item_id for r in bad_ids.limit(MAX_EXAMPLES).collect()]
     if examples:
-        raise InputError(f"{path}: {bad_ids.count()} catalogue rows have an item_id that is not an integer, e.g. {examples}")
+        raise InputError(
+            f"{path}: {bad_ids.count()} catalogue rows have an item_id that is not an integer, e.g. {examples}"
+        )
     repeated = items.groupBy("item_id").count().filter(F.col("count") > 1)
     examples = [r.item_id for r in repeated.limit(MAX_EXAMPLES).collect()]
     if examples:

@@ -24,10 +24,7 @@ T0 = dt.datetime(2019, 10, 1, 12, 0, tzinfo=dt.UTC)
 
 def interactions(spark, rows):
     """rows: (as_of_date, user_id, item_id, views, score)."""
-    data = [
-        (u, i, v, 0, 0, 0, T0, T0, s, T0, T0, d)
-        for d, u, i, v, s in rows
-    ]
+    data = [(u, i, v, 0, 0, 0, T0, T0, s, T0, T0, d) for d, u, i, v, s in rows]
     return spark.createDataFrame(data, INTERACTIONS.schema)
 
 
@@ -40,11 +37,17 @@ def test_round_trip_keeps_every_value_and_the_partition_column(spark, lake):
     result = storage.write_table(df, "interactions", "overwrite")
     assert (result.version, result.rows, result.files) == (0, 3, 2)
     assertDataFrameEqual(read(spark), df)
-    assert sorted(os.listdir(lake / "lake" / "interactions")) == ["_delta_log", "as_of_date=2019-10-01", "as_of_date=2019-10-02"]
+    assert sorted(os.listdir(lake / "lake" / "interactions")) == [
+        "_delta_log",
+        "as_of_date=2019-10-01",
+        "as_of_date=2019-10-02",
+    ]
 
 
 def test_delta_rs_reads_the_files_with_their_statistics(spark, lake):
-    storage.write_table(interactions(spark, [(D1, 1, 10, 2, 1.5), (D1, 5, 11, 1, 0.5), (D2, 9, 12, 1, 0.1)]), "interactions")
+    storage.write_table(
+        interactions(spark, [(D1, 1, 10, 2, 1.5), (D1, 5, 11, 1, 0.5), (D2, 9, 12, 1, 0.1)]), "interactions"
+    )
     table = DeltaTable(storage.table_uri("interactions"))
     assert table.to_pyarrow_table(filters=[("user_id", "=", 5)])["item_id"].to_pylist() == [11]
     assert table.to_pyarrow_table(filters=[("as_of_date", "=", D2)])["user_id"].to_pylist() == [9]
@@ -65,7 +68,9 @@ def test_overwrite_replaces_the_whole_table(spark, lake):
 
 
 def test_overwrite_partitions_replaces_only_the_partitions_written(spark, lake):
-    storage.write_table(interactions(spark, [(D1, 1, 10, 1, 1.0), (D2, 2, 20, 1, 1.0), (D2, 3, 30, 1, 1.0)]), "interactions")
+    storage.write_table(
+        interactions(spark, [(D1, 1, 10, 1, 1.0), (D2, 2, 20, 1, 1.0), (D2, 3, 30, 1, 1.0)]), "interactions"
+    )
     storage.write_table(interactions(spark, [(D2, 4, 40, 1, 1.0)]), "interactions", "overwrite_partitions")
     assert sorted((r.as_of_date, r.user_id) for r in read(spark).collect()) == [(D1, 1), (D2, 4)]
 
@@ -121,7 +126,9 @@ def test_a_write_that_fails_midway_leaves_the_previous_version_intact(spark, lak
             raise RuntimeError("disk full (simulated)")
         return user_id
 
-    failing = interactions(spark, [(D1, 1, 11, 1, 1.0), (D2, 3, 30, 1, 1.0)]).withColumn("user_id", explode_on_user_3("user_id"))
+    failing = interactions(spark, [(D1, 1, 11, 1, 1.0), (D2, 3, 30, 1, 1.0)]).withColumn(
+        "user_id", explode_on_user_3("user_id")
+    )
     with pytest.raises(Exception, match="disk full"):
         storage.write_table(failing, "interactions", "overwrite")
     assert storage.table_version("interactions") == 0
@@ -170,8 +177,14 @@ def test_racing_appends_both_land(spark, lake, monkeypatch):
     ("change", "message"),
     [
         (lambda df: df.drop("score"), "table interactions: column 'score' is missing"),
-        (lambda df: df.withColumn("views", F.col("views").cast("string")), "column 'views' has type string, expected bigint"),
-        (lambda df: df.withColumn("colour", F.lit("red")), "table interactions: column 'colour' is not in the table's schema"),
+        (
+            lambda df: df.withColumn("views", F.col("views").cast("string")),
+            "column 'views' has type string, expected bigint",
+        ),
+        (
+            lambda df: df.withColumn("colour", F.lit("red")),
+            "table interactions: column 'colour' is not in the table's schema",
+        ),
     ],
 )
 def test_a_schema_mismatch_names_the_table_and_column(spark, lake, change, message):

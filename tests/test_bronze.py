@@ -1,0 +1,127 @@
+"""Bronze keeps every line, numbered as in the file, and lands each file once."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+
+import pytest
+from pyspark.sql import functions as F
+
+from shoplake import storage
+from shoplake.catalog import RAW_EVENT_COLUMNS
+from shoplake.errors import InputError
+from spark_jobs import bronze
+from tests.conftest import SAMPLE_EVENTS
+
+AT = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+HEADER = ",".join(RAW_EVENT_COLUMNS)
+ROW = "2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,shiseido,35.79,541312140,72d76fde-8bb3-4e00-8c23-a032dfed738c"
+
+
+def land(spark, *paths, run_id="run-1"):
+    return bronze.land_event_files(spark, [str(p) for p in paths], run_id=run_id, ingested_at=AT)
+
+
+def bronze_rows(spark):
+    return storage.read_table(spark, "bronze_events").orderBy("source_file", "line_number").collect()
+
+
+def test_every_line_of_the_sample_is_kept_with_its_true_line_number(spark, lake):
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(64 * 1024))  # ~36 splits: numbering must cross them
+    try:
+        result = land(spark, SAMPLE_EVENTS)
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    lines = SAMPLE_EVENTS.read_text().split("\n")
+    assert result.rows_landed == len(lines) - 1 == 17_435  # every line but the header
+    rows = bronze_rows(spark)
+    for row in rows:
+        rebuilt = ",".join("" if row[c] is None else row[c] for c in RAW_EVENT_COLUMNS[: row.field_count])
+        assert rebuilt == lines[row.line_number - 1], row.line_number
+
+
+def test_the_truncated_last_line_keeps_its_raw_text(spark, lake):
+    land(spark, SAMPLE_EVENTS)
+    last = storage.read_table(spark, "bronze_events").filter(F.col("line_number") == 17_436).first()
+    assert last.field_count == 8
+    assert last.raw_line == SAMPLE_EVENTS.read_text().split("\n")[-1]
+    assert last.user_session is None and last.user_id == "52040330"
+    assert storage.read_table(spark, "bronze_events").filter(F.col("raw_line").isNotNull()).count() == 1
+
+
+def test_landing_the_same_file_again_is_a_no_op(spark, lake, tmp_path):
+    copy = tmp_path / "same-bytes-other-name.csv"
+    copy.write_bytes(SAMPLE_EVENTS.read_bytes())
+    first = land(spark, SAMPLE_EVENTS)
+    again = land(spark, SAMPLE_EVENTS, copy, run_id="run-2")
+    assert again.rows_landed == 0 and again.files_landed == ()
+    assert set(again.files_already_landed) == {str(SAMPLE_EVENTS), str(copy)}
+    assert storage.table_version("bronze_events") == first.version
+
+
+def test_provenance_and_parsed_event_date(spark, lake, tmp_path):
+    path = tmp_path / "day.csv"
+    path.write_text(f"{HEADER}\n{ROW}\nnot-a-time,view,1,2,,,1.0,3,s\n")
+    land(spark, path)
+    good, bad = bronze_rows(spark)
+    assert (good.source_file, good.line_number, good.ingest_run_id) == (str(path), 2, "run-1")
+    assert good.file_checksum == bronze.file_checksum(str(path)) and len(good.file_checksum) == 64
+    assert good.event_date == dt.date(2019, 10, 1) and good.category_code is None
+    assert (bad.line_number, bad.event_date, bad.field_count, bad.raw_line) == (3, None, 9, None)
+
+
+def test_json_lines_gzip_and_reordered_csv_headers_land_alike(spark, lake, tmp_path):
+    record = dict(zip(RAW_EVENT_COLUMNS, ROW.split(","), strict=True))
+    record["product_id"] = 44600062  # a number in JSON is kept as its text
+    jsonl = tmp_path / "events.jsonl.gz"
+    with gzip.open(jsonl, "wt") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.write(json.dumps({k: v for k, v in record.items() if k != "brand"}) + "\n")
+        handle.write("{broken json\n")
+    reordered = tmp_path / "reordered.csv"
+    columns = list(reversed(RAW_EVENT_COLUMNS))
+    reordered.write_text(",".join(columns) + "\n" + ",".join(str(record[c]) for c in columns) + "\n")
+    land(spark, jsonl, reordered)
+    rows = {(r.source_file, r.line_number): r for r in bronze_rows(spark)}
+    full, no_brand, broken = (rows[(str(jsonl), n)] for n in (1, 2, 3))
+    assert (full.product_id, full.brand, full.field_count, full.raw_line) == ("44600062", "shiseido", 9, None)
+    assert (no_brand.brand, no_brand.field_count) == (None, 8)
+    assert (broken.field_count, broken.raw_line, broken.event_time) == (0, "{broken json", None)
+    csv_row = rows[(str(reordered), 2)]
+    assert [csv_row[c] or "" for c in RAW_EVENT_COLUMNS] == ROW.split(",")
+
+
+def test_quoted_commas_are_one_field(spark, lake, tmp_path):
+    path = tmp_path / "quoted.csv"
+    path.write_text(f'{HEADER}\n2019-10-01 00:00:00 UTC,view,1,2,"a,b",brand,1.0,3,s\n')
+    land(spark, path)
+    (row,) = bronze_rows(spark)
+    assert (row.category_code, row.field_count, row.raw_line) == ("a,b", 9, None)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("events.parquet", "x", "not an events file"),
+        ("events.csv", "a,b\n1,2\n", "header lacks event_time"),
+        ("events.csv", "", "empty file"),
+        ("events.jsonl", "[1, 2]\n", "not JSON lines"),
+        ("events.csv.gz", "not gzip at all", "unreadable"),
+    ],
+)
+def test_bad_files_are_refused_before_anything_is_committed(spark, lake, tmp_path, name, content, message):
+    good = tmp_path / "good.csv"
+    good.write_text(f"{HEADER}\n{ROW}\n")
+    bad = tmp_path / name
+    bad.write_text(content)
+    with pytest.raises(InputError, match=message) as error:
+        land(spark, good, bad)
+    assert str(bad) in str(error.value)
+    assert storage.table_version("bronze_events") is None
+
+
+def test_a_missing_file_is_named(spark, lake, tmp_path):
+    with pytest.raises(InputError, match=f"{tmp_path}/missing.csv: no such file"):
+        land(spark, tmp_path / "missing.csv")

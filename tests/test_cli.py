@@ -1,0 +1,45 @@
+"""The CLI end to end on small inputs: generate, ingest, tables, pipeline, and clear errors."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from shoplake.cli import app
+from tests.conftest import SAMPLE_EVENTS
+
+runner = CliRunner()
+
+
+def test_generate_then_ingest_a_folder_and_list_tables(spark, lake, tmp_path):
+    out = tmp_path / "shop"
+    result = runner.invoke(app, ["generate", "--events", "3000", "--days", "3", "--items", "100", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "3,000 events" in result.output
+    result = runner.invoke(app, ["ingest", "--events", str(out / "events"), "--items", str(out / "items.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "bronze_events: 3,000 rows from 3 new files" in result.output
+    assert "items: 100 catalogue rows merged" in result.output
+    result = runner.invoke(app, ["tables"])
+    assert result.exit_code == 0, result.output
+    bronze_line = next(line for line in result.output.splitlines() if line.startswith("bronze_events"))
+    assert bronze_line.split()[1:3] == ["0", "3,000"]
+    assert "(not written yet)" in next(line for line in result.output.splitlines() if line.startswith("kg_edges"))
+
+
+def test_pipeline_on_the_sample_prints_where_outputs_are(spark, lake):
+    result = runner.invoke(app, ["pipeline", "--events", str(SAMPLE_EVENTS)])
+    assert result.exit_code == 0, result.output
+    assert f"lake (Delta tables): {lake / 'lake'}" in result.output
+    assert "bronze_events: 17,435 rows from 1 new files" in result.output
+
+
+def test_bad_input_exits_non_zero_with_one_clear_line(spark, lake, tmp_path):
+    bad = tmp_path / "events.txt"
+    bad.write_text("hello")
+    result = runner.invoke(app, ["ingest", "--events", str(bad)])
+    assert result.exit_code == 2
+    assert f"error: {bad}: not an events file" in result.output
+    result = runner.invoke(app, ["ingest", "--events", str(tmp_path / "nope.csv")])
+    assert result.exit_code == 2 and "no such file" in result.output
+    result = runner.invoke(app, ["vacuum", "not_a_table"])
+    assert result.exit_code == 2 and "unknown table 'not_a_table'" in result.output
