@@ -128,19 +128,24 @@ def _sample_items_in_category(
     return np.minimum(picks, len(keys) - 1)
 
 
-def generate_shop(out: Path, *, events: int, days: int, items: int, seed: int = 46) -> GeneratedShop:
-    """Write ``events`` behaviour rows over ``days`` days and a catalogue of ``items`` items under ``out``."""
-    if events <= 0 or days <= 0 or items <= 0:
-        raise ValueError("events, days and items must be positive")
-    rng = np.random.default_rng(seed)
-    (out / "events").mkdir(parents=True, exist_ok=True)
-    catalog = _catalog(items, rng)
-    n_users = max(10, events // 25)
-    user_ids = rng.choice(np.arange(500_000_000, 500_000_000 + n_users * 10), size=n_users, replace=False)
-    user_weights = _zipf_weights(n_users, 0.9, rng)
+@dataclass(frozen=True)
+class _Draw:
+    item: np.ndarray  # index into the catalogue
+    session: np.ndarray  # index into session_user
+    when: np.ndarray  # seconds since START, sorted
+    event_type: np.ndarray  # 0 view, 1 cart, 2 remove_from_cart, 3 purchase
+    session_user: np.ndarray
 
-    funnel = 1 + P_CART * (1 + P_PURCHASE + P_REMOVE)
-    n_views = int(events / funnel * 1.05) + 10  # a little over, then cut to exactly ``events``
+
+def _draw_sessions(
+    catalog: dict[str, np.ndarray],
+    user_ids: np.ndarray,
+    user_weights: np.ndarray,
+    n_views: int,
+    days: int,
+    rng: np.random.Generator,
+) -> _Draw:
+    """Sessions of about ``n_views`` views in all, with their funnel steps, inside the ``days`` span."""
     n_sessions = max(1, int(n_views / MEAN_SESSION_VIEWS))
     session_views = rng.geometric(1 / MEAN_SESSION_VIEWS, n_sessions)
     session_views = session_views[: np.searchsorted(np.cumsum(session_views), n_views) + 1]
@@ -180,18 +185,40 @@ def generate_shop(out: Path, *, events: int, days: int, items: int, seed: int = 
     inside = when < days * 86_400  # a funnel step delayed past the last day is not part of this span
     base, event_type, when = base[inside], event_type[inside], when[inside]
     order = np.argsort(when, kind="stable")
-    order = order[np.sort(rng.choice(len(order), size=min(events, len(order)), replace=False))]
-    base, event_type, when = base[order], event_type[order], when[order]
-    item = view_item[base]
-    session = session_of_view[base]
+    base = base[order]
+    return _Draw(view_item[base], session_of_view[base], when[order], event_type[order], session_user)
 
-    duplicated = rng.random(len(base)) < DIRT_RATE  # exact duplicate rows, as REES46 has
-    keep = np.r_[np.arange(len(base)), np.flatnonzero(duplicated)]
-    keep = np.sort(keep, kind="stable")[:events]
+
+def generate_shop(out: Path, *, events: int, days: int, items: int, seed: int = 46) -> GeneratedShop:
+    """Write ``events`` behaviour rows over ``days`` days and a catalogue of ``items`` items under ``out``."""
+    if events <= 0 or days <= 0 or items <= 0:
+        raise ValueError("events, days and items must be positive")
+    rng = np.random.default_rng(seed)
+    (out / "events").mkdir(parents=True, exist_ok=True)
+    catalog = _catalog(items, rng)
+    n_users = max(10, events // 25)
+    user_ids = rng.choice(np.arange(500_000_000, 500_000_000 + n_users * 10), size=n_users, replace=False)
+    user_weights = _zipf_weights(n_users, 0.9, rng)
+
+    funnel = 1 + P_CART * (1 + P_PURCHASE + P_REMOVE)
+    for oversample in (1.05, 1.3, 2.0, 4.0):  # funnel steps delayed past the last day are lost; draw more if short
+        draw = _draw_sessions(catalog, user_ids, user_weights, int(events / funnel * oversample) + 10, days, rng)
+        if len(draw.when) >= events:
+            break
+    else:
+        raise RuntimeError(f"generator could not draw {events} events in {days} days")
+    chosen = np.sort(rng.choice(len(draw.when), size=events, replace=False))  # time order is kept
+    item, session, when, event_type = (
+        draw.item[chosen],
+        draw.session[chosen],
+        draw.when[chosen],
+        draw.event_type[chosen],
+    )
+    session_user, n_sessions = draw.session_user, len(draw.session_user)
+
+    duplicated = rng.random(events) < DIRT_RATE  # exact duplicate rows, as REES46 has
+    keep = np.sort(np.r_[np.arange(events), np.flatnonzero(duplicated)], kind="stable")[:events]
     item, session, when, event_type = item[keep], session[keep], when[keep], event_type[keep]
-
-    if len(item) < events:
-        raise RuntimeError(f"generator drew only {len(item)} of {events} events; raise the oversampling")
     price = catalog["price"][item].copy()
     bad_price = (event_type != 0) & (rng.random(len(price)) < DIRT_RATE * 20)
     price[bad_price] = 0.0

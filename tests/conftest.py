@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,3 +37,27 @@ def lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     get_settings.cache_clear()
     yield home
     get_settings.cache_clear()
+
+
+def require_service(name: str, host: str, port: int) -> str:
+    """Skip a test whose server is absent, with the reason; under CI=true an absent server is a failure."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as error:
+        reason = f"{name} is not reachable at {host}:{port} ({error})"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{reason}; CI runs {name}, so this test must not skip")
+        pytest.skip(reason)
+    return f"{host}:{port}"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> str:
+    """host:port of the real PostgreSQL server (trust auth)."""
+    return require_service("PostgreSQL", os.environ.get("SHOPLAKE_TEST_PG_HOST", "127.0.0.1"), 5432)
+
+
+@pytest.fixture(scope="session")
+def redis() -> str:
+    """host:port of the real Redis server."""
+    return require_service("Redis", os.environ.get("SHOPLAKE_TEST_REDIS_HOST", "127.0.0.1"), 6379)
