@@ -14,6 +14,15 @@ EVENT_TIME_FORMATS = (
     "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]",
 )
 
+# Event types as shops send them (lower-cased, trimmed) → the canonical type. Silver normalises with this map.
+EVENT_TYPE_SYNONYMS = {
+    "view": "view", "detail": "view", "pageview": "view", "product_view": "view",
+    "cart": "cart", "addtocart": "cart", "add_to_cart": "cart",
+    "remove_from_cart": "remove_from_cart", "removefromcart": "remove_from_cart",
+    "purchase": "purchase", "transaction": "purchase", "buy": "purchase", "order": "purchase",
+}  # fmt: skip
+KNOWN_RAW_EVENT_TYPES = frozenset(EVENT_TYPE_SYNONYMS)
+
 # A comma outside double quotes: the lookahead sees an even number of quotes up to the end of the line.
 CSV_FIELD_SEPARATOR = ',(?=(?:[^"]*"[^"]*")*[^"]*$)'
 
