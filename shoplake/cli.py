@@ -24,6 +24,13 @@ EventsOption = Annotated[
 ]
 ItemsOption = Annotated[Path | None, typer.Option("--items", help="Item catalogue (CSV or JSON lines).")]
 RunIdOption = Annotated[str | None, typer.Option("--run-id", help="Run id to record; default: a new one.")]
+DateOption = Annotated[
+    dt.datetime | None, typer.Option("--date", formats=["%Y-%m-%d"], help="Run date (UTC); default: see the command.")
+]
+StartOption = Annotated[
+    dt.datetime | None, typer.Option("--start", formats=["%Y-%m-%d"], help="First date of a range.")
+]
+EndOption = Annotated[dt.datetime | None, typer.Option("--end", formats=["%Y-%m-%d"], help="Last date of a range.")]
 
 
 def _clear_errors(command: F) -> F:
@@ -80,7 +87,8 @@ def generate(
     typer.echo(f"{shop.items:,} items in {shop.catalog_file}")
 
 
-def _ingest(events: list[Path], items_path: Path | None, run_id: str | None) -> str:
+def _ingest(events: list[Path], items_path: Path | None, run_id: str) -> tuple[str, ...]:
+    """Land the files; return the checksums of all of them (landed now or before)."""
     from shoplake.spark import get_spark
     from spark_jobs import bronze, items
 
@@ -89,22 +97,92 @@ def _ingest(events: list[Path], items_path: Path | None, run_id: str | None) -> 
         bronze.file_format(path)  # an unsupported format fails before Spark starts
     if items_path is not None and not items_path.is_file():
         raise ShoplakeError(f"{items_path}: no such file")
-    run_id = run_id or bronze.new_run_id("ingest")
-    spark = get_spark("shoplake-ingest")
+    spark = get_spark("shoplake")
     landed = bronze.land_event_files(spark, paths, run_id=run_id, ingested_at=_now())
     typer.echo(f"bronze_events: {landed.rows_landed:,} rows from {len(landed.files_landed)} new files "
                f"({len(landed.files_already_landed)} already landed), version {landed.version}")  # fmt: skip
     if items_path is not None:
         result = items.land_catalog(spark, str(items_path), run_id=run_id, updated_at=_now())
         typer.echo(f"items: {result.rows:,} catalogue rows merged, version {result.version}")
-    return run_id
+    return landed.checksums
+
+
+def _date_range(date: dt.datetime | None, start: dt.datetime | None, end: dt.datetime | None) -> list[dt.date] | None:
+    """--date D, or --start S [--end E] (E defaults to S); None when no date was given."""
+    from spark_jobs.silver import dates_between
+
+    if date is not None and (start is not None or end is not None):
+        raise ShoplakeError("give either --date or --start/--end, not both")
+    if date is not None:
+        return [date.date()]
+    if start is None:
+        if end is not None:
+            raise ShoplakeError("--end needs --start")
+        return None
+    return dates_between(start.date(), (end or start).date())
+
+
+def _silver(dates: list[dt.date], run_id: str) -> None:
+    from shoplake.spark import get_spark
+    from spark_jobs.silver import run_silver
+
+    result = run_silver(get_spark("shoplake"), dates, run_id=run_id, processed_at=_now())
+    c = result.counts
+    typer.echo(f"silver_events {dates[0]}..{dates[-1]}: {c['kept']:,} kept of {result.bronze_rows:,} bronze rows "
+               f"({c['exact_duplicate']:,} exact duplicates, {c['collapsed']:,} repeats collapsed, "
+               f"{c['quarantined']:,} quarantined)")  # fmt: skip
+
+
+def _latest_silver_date() -> dt.date:
+    from shoplake import storage
+    from shoplake.catalog import SILVER_EVENTS
+
+    dates = [p["event_date"] for p in storage.partition_values(SILVER_EVENTS) if p["event_date"]]
+    if not dates:
+        raise ShoplakeError("silver_events is empty: run `shoplake silver` (or `shoplake pipeline`) first")
+    return max(dt.date.fromisoformat(d) for d in dates)
+
+
+def _gold(as_of: dt.date, run_id: str) -> None:
+    from shoplake.spark import get_spark
+    from spark_jobs.gold import run_gold
+
+    result = run_gold(get_spark("shoplake"), as_of, run_id=run_id, computed_at=_now())
+    typer.echo(f"gold as of {as_of}: " + ", ".join(f"{name} {rows:,}" for name, rows in result.rows.items()))
+    typer.echo(f"interaction matrix (COO + id maps): {result.matrix_dir}")
 
 
 @app.command()
 @_clear_errors
 def ingest(events: EventsOption, items: ItemsOption = None, run_id: RunIdOption = None) -> None:
     """Land events files into bronze (a file already landed is skipped) and, optionally, an item catalogue."""
-    _ingest(events, items, run_id)
+    from spark_jobs.bronze import new_run_id
+
+    _ingest(events, items, run_id or new_run_id("ingest"))
+
+
+@app.command()
+@_clear_errors
+def silver(
+    date: DateOption = None, start: StartOption = None, end: EndOption = None, run_id: RunIdOption = None
+) -> None:
+    """Rebuild silver for a date or a range from bronze: types, quarantine, dedup, sessions, reconciliation."""
+    from spark_jobs.bronze import new_run_id
+
+    dates = _date_range(date, start, end)
+    if dates is None:
+        raise ShoplakeError("give --date or --start [--end]")
+    _silver(dates, run_id or new_run_id("silver"))
+
+
+@app.command()
+@_clear_errors
+def gold(date: DateOption = None, run_id: RunIdOption = None) -> None:
+    """Compute every gold table as of a date (default: the latest date in silver)."""
+    from spark_jobs.bronze import new_run_id
+
+    as_of = date.date() if date else _latest_silver_date()
+    _gold(as_of, run_id or new_run_id("gold"))
 
 
 @app.command()
@@ -135,11 +213,24 @@ def _size(size: float) -> str:
 
 @app.command()
 @_clear_errors
-def pipeline(events: EventsOption, items: ItemsOption = None, run_id: RunIdOption = None) -> None:
-    """The whole pipeline without Airflow: every stage in order, then where each output is."""
-    from shoplake.settings import get_settings
+def pipeline(
+    events: EventsOption, items: ItemsOption = None, date: DateOption = None, run_id: RunIdOption = None
+) -> None:
+    """The whole pipeline without Airflow: every stage in order, then where each output is.
 
-    run_id = _ingest(events, items, run_id)
+    Silver is rebuilt for the dates the given files hold (late files included); gold is computed as of --date,
+    or else the latest date in silver."""
+    from shoplake.settings import get_settings
+    from shoplake.spark import get_spark
+    from spark_jobs.bronze import event_dates, new_run_id
+
+    run_id = run_id or new_run_id("pipeline")
+    checksums = _ingest(events, items, run_id)
+    dates = event_dates(get_spark("shoplake"), checksums)
+    if not dates:
+        raise ShoplakeError("the given files hold no event with a readable time; see quarantine_events")
+    _silver(dates, run_id)
+    _gold(date.date() if date else _latest_silver_date(), run_id)
     settings = get_settings()
     typer.echo(f"\nrun {run_id} done. Outputs:")
     typer.echo(f"  lake (Delta tables): {settings.lake_root}")

@@ -50,6 +50,25 @@ class Settings(BaseSettings):
     event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     half_life_days: float = Field(14.0, gt=0, description="Implicit-score decay: weight halves every this many days.")
 
+    # silver rules
+    future_tolerance_hours: float = Field(1.0, ge=0, description="Events later than ingestion + this: quarantined.")
+    repeat_window_seconds: float = Field(2.0, ge=0, description="Same user, item, type this close: one action.")
+    session_gap_minutes: float = Field(30.0, gt=0, description="Inactivity that ends a session lacking an id.")
+    bot_window_seconds: int = Field(300, gt=0, description="Window over which a bot's sustained rate is measured.")
+    bot_max_events_per_window: int = Field(150, gt=0, description="More events than this in one window: a bot.")
+
+    # gold features
+    history_days: int = Field(90, gt=0, description="How far back gold features look from the run date.")
+    similarity_top_k: int = Field(50, gt=0, description="Neighbours kept per item.")
+    similarity_basket_items: int = Field(20, gt=1, description="Most recent distinct items per session/user basket.")
+    similarity_popularity_damping: float = Field(
+        0.5, ge=0, le=1, description="0.5 = cosine; higher damps popular neighbours."
+    )
+    similarity_min_support: int = Field(1, ge=1, description="Baskets that must hold both items.")
+    cf_top_n: int = Field(20, gt=0, description="Recommendations kept per user.")
+    cf_user_items: int = Field(50, gt=0, description="A user's highest-scored items used to score candidates.")
+    rate_prior_strength: float = Field(20.0, ge=0, description="Pseudo-views behind smoothed conversion rates.")
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:

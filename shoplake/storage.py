@@ -164,6 +164,19 @@ def table_version(table: str | TableSpec) -> int | None:
     return None if delta is None else delta.version()
 
 
+def partition_values(table: str | TableSpec) -> list[dict[str, str | None]]:
+    """The distinct partitions of the latest version, read from the log (no data is scanned)."""
+    settings = get_settings()
+    spec = get_table(table)
+    delta = _open(settings.table_uri(spec.name), settings)
+    if delta is None or not spec.partition_by:
+        return []
+    actions = pa.table(delta.get_add_actions(flatten=True)).to_pydict()
+    columns = [actions[f"partition.{c}"] for c in spec.partition_by]
+    rows = {tuple(None if v is None else str(v) for v in values) for values in zip(*columns, strict=True)}
+    return [dict(zip(spec.partition_by, row, strict=True)) for row in sorted(rows, key=str)]
+
+
 def table_info(table: str | TableSpec) -> TableInfo | None:
     settings = get_settings()
     spec = get_table(table)

@@ -49,6 +49,7 @@ class EventFile:
 @dataclass(frozen=True)
 class LandingResult:
     run_id: str
+    checksums: tuple[str, ...]  # of every file given, landed now or before
     files_landed: tuple[str, ...]
     files_already_landed: tuple[str, ...]
     rows_landed: int
@@ -208,20 +209,28 @@ def land_event_files(
         raise InputError("no events files given")
     files = [inspect_event_file(p) for p in paths]
     unique = list({f.checksum: f for f in files}.values())
+    checksums = tuple(f.checksum for f in unique)
     landed = already_landed(spark, [f.checksum for f in unique])
     new = [f for f in unique if f.checksum not in landed]
     skipped = tuple(f.path for f in files if f not in new)
     for path in skipped:
         log.info("%s: already landed (same checksum); skipped", path)
     if not new:
-        return LandingResult(run_id, (), skipped, 0, storage.table_version(BRONZE_EVENTS))
+        return LandingResult(run_id, checksums, (), skipped, 0, storage.table_version(BRONZE_EVENTS))
     result = storage.write_table(build_bronze(spark, new, run_id, ingested_at), BRONZE_EVENTS, "append", run_id=run_id)
     record_metrics(
         spark, run_id, "bronze",
         {"files_landed": len(new), "files_already_landed": len(skipped), "rows_landed": result.rows},
         recorded_at=ingested_at,
     )  # fmt: skip
-    return LandingResult(run_id, tuple(f.path for f in new), skipped, result.rows, result.version)
+    return LandingResult(run_id, checksums, tuple(f.path for f in new), skipped, result.rows, result.version)
+
+
+def event_dates(spark: SparkSession, checksums: Sequence[str]) -> list[dt.date]:
+    """The event dates the given files hold: the silver partitions to rebuild after landing them."""
+    bronze = storage.read_table(spark, BRONZE_EVENTS).filter(F.col("file_checksum").isin(list(checksums)))
+    rows = bronze.filter(F.col("event_date").isNotNull()).select("event_date").distinct().collect()
+    return sorted(row.event_date for row in rows)
 
 
 def new_run_id(stage: str) -> str:

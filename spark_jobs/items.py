@@ -95,3 +95,33 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def transform_items_from_events(events: DataFrame, updated_at: dt.datetime) -> DataFrame:
+    """Items as the events describe them: each product's latest known category, brand and price."""
+
+    def latest(column: str) -> F.Column:
+        return F.max_by(column, F.when(F.col(column).isNotNull(), F.col("event_time"))).alias(column)
+
+    return events.groupBy(F.col("product_id").alias("item_id")).agg(
+        latest("category_id"), latest("category_code"), latest("brand"), latest("price")
+    ).select(
+        "item_id",
+        F.lit(None).cast("string").alias("title"),
+        F.lit(None).cast("string").alias("description"),
+        "category_id", "category_code", "brand", "price",
+        F.lit(None).cast("string").alias("attributes"),
+        F.lit("events").alias("source"),
+        F.lit(updated_at).cast("timestamp").alias("updated_at"),
+    )  # fmt: skip
+
+
+def refresh_items_from_events(
+    spark: SparkSession, events: DataFrame, *, run_id: str, updated_at: dt.datetime
+) -> storage.WriteResult:
+    """Upsert event-derived items; items that came from a catalogue are left as the catalogue says."""
+    derived = transform_items_from_events(events, updated_at)
+    if storage.table_version(ITEMS) is not None:
+        from_catalog = storage.read_table(spark, ITEMS).filter(F.col("source") == "catalog").select("item_id")
+        derived = derived.join(from_catalog, on="item_id", how="left_anti")
+    return storage.merge_table(derived, ITEMS, run_id=run_id)
