@@ -54,7 +54,7 @@ BRONZE_EVENTS = TableSpec(
     ),
     keys=("file_checksum", "line_number"), partition_by=("event_date",),
     description="Rows exactly as they came (strings). raw_line is kept only when the field count is wrong; "
-    "event_date is the parsed UTC date, null when event_time does not parse.",
+    "event_date is the parsed UTC date, null when event_time does not parse or lies after ingestion.",
 )  # fmt: skip
 
 QUARANTINE_EVENTS = TableSpec(

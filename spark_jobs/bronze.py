@@ -30,6 +30,7 @@ from shoplake import storage
 from shoplake.catalog import BRONZE_EVENTS, RAW_EVENT_COLUMNS
 from shoplake.errors import InputError
 from shoplake.run_metrics import record_metrics
+from shoplake.settings import get_settings
 from spark_jobs.columns import csv_field_count, parse_event_time
 
 log = logging.getLogger(__name__)
@@ -162,9 +163,21 @@ def transform_jsonl_fields(numbered: DataFrame) -> DataFrame:
     )  # fmt: skip
 
 
-def transform_bronze(fields: DataFrame, files: Sequence[EventFile], run_id: str, ingested_at: dt.datetime) -> DataFrame:
-    """The bronze schema: raw fields, the raw line when its field count is wrong, and provenance."""
+def transform_bronze(
+    fields: DataFrame,
+    files: Sequence[EventFile],
+    run_id: str,
+    ingested_at: dt.datetime,
+    future_tolerance_hours: float,
+) -> DataFrame:
+    """The bronze schema: raw fields, the raw line when its field count is wrong, and provenance.
+
+    ``event_date`` places a row on the day it happened; a time that does not parse, or lies beyond ingestion plus
+    the tolerance, places it nowhere (null), and every silver run examines such rows."""
     by_index = F.col("file_index") + 1
+    event_time = parse_event_time("event_time")
+    latest = F.lit(ingested_at + dt.timedelta(hours=future_tolerance_hours)).cast("timestamp")
+    plausible = event_time.isNotNull() & (event_time <= latest)
     return fields.select(
         *RAW_EVENT_COLUMNS,
         "field_count",
@@ -174,11 +187,17 @@ def transform_bronze(fields: DataFrame, files: Sequence[EventFile], run_id: str,
         F.element_at(F.array(*(F.lit(f.checksum) for f in files)), by_index).alias("file_checksum"),
         F.lit(run_id).alias("ingest_run_id"),
         F.lit(ingested_at).cast("timestamp").alias("ingested_at"),
-        F.to_date(parse_event_time("event_time")).alias("event_date"),
+        F.when(plausible, F.to_date(event_time)).alias("event_date"),
     )
 
 
-def build_bronze(spark: SparkSession, files: Sequence[EventFile], run_id: str, ingested_at: dt.datetime) -> DataFrame:
+def build_bronze(
+    spark: SparkSession,
+    files: Sequence[EventFile],
+    run_id: str,
+    ingested_at: dt.datetime,
+    future_tolerance_hours: float = 1.0,
+) -> DataFrame:
     numbered = transform_number_lines(read_lines(spark, files))
     groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
     for index, f in enumerate(files):
@@ -190,7 +209,7 @@ def build_bronze(spark: SparkSession, files: Sequence[EventFile], run_id: str, i
     fields = parts[0]
     for part in parts[1:]:
         fields = fields.unionByName(part)
-    return transform_bronze(fields, files, run_id, ingested_at)
+    return transform_bronze(fields, files, run_id, ingested_at, future_tolerance_hours)
 
 
 def already_landed(spark: SparkSession, checksums: Sequence[str]) -> set[str]:
@@ -217,7 +236,9 @@ def land_event_files(
         log.info("%s: already landed (same checksum); skipped", path)
     if not new:
         return LandingResult(run_id, checksums, (), skipped, 0, storage.table_version(BRONZE_EVENTS))
-    result = storage.write_table(build_bronze(spark, new, run_id, ingested_at), BRONZE_EVENTS, "append", run_id=run_id)
+    tolerance = get_settings().future_tolerance_hours
+    landed_rows = build_bronze(spark, new, run_id, ingested_at, tolerance)
+    result = storage.write_table(landed_rows, BRONZE_EVENTS, "append", run_id=run_id)
     record_metrics(
         spark, run_id, "bronze",
         {"files_landed": len(new), "files_already_landed": len(skipped), "rows_landed": result.rows},

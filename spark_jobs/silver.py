@@ -97,7 +97,7 @@ def transform_type(bronze: DataFrame, rules: SilverRules) -> DataFrame:
         (F.col("field_count") != EXPECTED_FIELDS,
          F.format_string(f"%d fields, expected {EXPECTED_FIELDS}", F.col("field_count"))),
         (event_time.isNull(), F.concat(F.lit("event_time "), F.coalesce(F.col("event_time"), F.lit("null")))),
-        (_seconds(event_time) > too_late, F.format_string("event_time %s is after ingestion + tolerance", event_time)),
+        (_seconds(event_time) > too_late, F.format_string("event_time %s is after ingestion + tolerance", F.trim(F.col("event_time")))),
         (user.isNull(), F.lit("user_id is empty")),
         (user.try_cast("long").isNull(), F.concat(F.lit("user_id "), user)),
         (product.isNull(), F.lit("product_id is empty")),

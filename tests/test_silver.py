@@ -1,0 +1,174 @@
+"""Silver's rules at their boundaries, late data, reruns, and the real sample end to end."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from shoplake import storage
+from shoplake.catalog import RAW_EVENT_COLUMNS
+from spark_jobs import bronze, silver
+from spark_jobs.silver import ReconciliationError, SilverRules, check_reconciliation
+from tests.conftest import SAMPLE_EVENTS
+
+INGESTED = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+PROCESSED = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+D1, D2 = dt.date(2019, 10, 1), dt.date(2019, 10, 2)
+
+
+def event(
+    time, kind="view", product="100", user="7", session="s-1", price="10.00", category="1", code="a.b", brand="x"
+):
+    return f"{time},{kind},{product},{category},{code},{brand},{price},{user},{session}"
+
+
+def land(spark, tmp_path, name, lines, run_id="r"):
+    path = tmp_path / name
+    path.write_text(",".join(RAW_EVENT_COLUMNS) + "\n" + "\n".join(lines) + "\n")
+    return bronze.land_event_files(spark, [str(path)], run_id=run_id, ingested_at=INGESTED)
+
+
+def run(spark, dates=(D1,), rules=None):
+    return silver.run_silver(spark, list(dates), run_id="s", processed_at=PROCESSED, rules=rules)
+
+
+def silver_rows(spark):
+    return storage.read_table(spark, "silver_events").orderBy("event_time", "product_id", "line_number").collect()
+
+
+def test_exact_duplicates_and_repeats_at_the_window_boundary(spark, lake, tmp_path):
+    land(spark, tmp_path, "day.csv", [
+        event("2019-10-01 10:00:00.000000"),
+        event("2019-10-01 10:00:01.900000"),  # 1.9 s after the same action: collapsed
+        event("2019-10-01 10:00:00.000000", product="200"),
+        event("2019-10-01 10:00:02.100000", product="200"),  # 2.1 s: a new action
+        event("2019-10-01 11:00:00.000000", product="300"),
+        event("2019-10-01 11:00:00.000000", product="300"),  # the very same event again
+        event("2019-10-01 11:00:01.000000", product="300", kind="cart"),  # another type is another action
+    ])  # fmt: skip
+    result = run(spark)
+    assert result.counts == {"kept": 5, "exact_duplicate": 1, "collapsed": 1, "quarantined": 0}
+    kept = [(r.product_id, r.event_type, r.event_time.strftime("%H:%M:%S.%f")) for r in silver_rows(spark)]
+    assert kept == [(100, "view", "10:00:00.000000"), (200, "view", "10:00:00.000000"),
+                    (200, "view", "10:00:02.100000"), (300, "view", "11:00:00.000000"),
+                    (300, "cart", "11:00:01.000000")]  # fmt: skip
+
+
+def test_sessions_without_ids_split_after_thirty_minutes_and_are_stable(spark, lake, tmp_path):
+    land(spark, tmp_path, "day.csv", [
+        event("2019-10-01 10:00:00", session=""),
+        event("2019-10-01 10:29:00", session="", product="101"),  # 29 min: same session
+        event("2019-10-01 11:00:00", session="", product="102"),  # 31 min: a new one
+        event("2019-10-01 11:05:00", session="given", product="103"),  # the shop's own id wins
+    ])  # fmt: skip
+    run(spark)
+    first = [r.session_id for r in silver_rows(spark)]
+    assert first[0] == first[1] != first[2]
+    assert first[0].startswith("gap-") and first[3] == "given"
+    run(spark)
+    assert [r.session_id for r in silver_rows(spark)] == first
+
+
+def test_each_rule_quarantines_with_its_reason(spark, lake, tmp_path):
+    land(spark, tmp_path, "day.csv", [
+        "2019-10-01 10:00:00 UTC,view,1,2",
+        event("yesterday-ish"),
+        event("2027-01-01 00:00:00"),
+        event("2019-10-01 10:00:00", user=""),
+        event("2019-10-01 10:00:00", user="u-7"),
+        event("2019-10-01 10:00:00", product=""),
+        event("2019-10-01 10:00:00", product="abc"),
+        event("2019-10-01 10:00:00", kind="click"),
+        event("2019-10-01 10:00:00", kind="cart", price="0"),
+        event("2019-10-01 10:00:00", kind="purchase", price="-3.5"),
+        event("2019-10-01 10:00:00", kind="view", price="0", product="500"),  # a view keeps, without a price
+        event("2019-10-01 10:00:00", kind=" AddToCart ", product="600"),  # synonyms are normalised
+        event("2019-10-01 10:00:00", kind="TRANSACTION", product="700"),
+    ])  # fmt: skip
+    result = run(spark)
+    reasons = {r.line_number: (r.reason, r.detail) for r in storage.read_table(spark, "quarantine_events").collect()}
+    assert reasons == {
+        2: ("wrong_column_count", "4 fields, expected 9"),
+        3: ("unparseable_time", "event_time yesterday-ish"),
+        4: ("future_time", "event_time 2027-01-01 00:00:00 is after ingestion + tolerance"),
+        5: ("missing_user_id", "user_id is empty"),
+        6: ("invalid_user_id", "user_id u-7"),
+        7: ("missing_product_id", "product_id is empty"),
+        8: ("invalid_product_id", "product_id abc"),
+        9: ("unknown_event_type", "event_type click"),
+        10: ("non_positive_price", "cart with price 0"),
+        11: ("non_positive_price", "purchase with price -3.5"),
+    }
+    kept = {r.product_id: (r.event_type, r.price) for r in silver_rows(spark)}
+    assert kept == {500: ("view", None), 600: ("cart", 10.0), 700: ("purchase", 10.0)}
+    assert result.bronze_rows == 13 and result.counts["quarantined"] == 10
+
+
+def test_bots_are_flagged_and_kept(spark, lake, tmp_path):
+    fast = [event(f"2019-10-01 10:00:{s:02d}", user="66", product=str(900 + s)) for s in range(0, 60, 10)]  # 6 in 1 min
+    calm = [event(f"2019-10-01 10:00:{s:02d}", user="77", product=str(900 + s)) for s in range(0, 50, 10)]  # 5
+    land(spark, tmp_path, "day.csv", fast + calm)
+    run(spark, rules=SilverRules(bot_window_seconds=300, bot_max_events_per_window=5))
+    flags = {(r.user_id, r.is_bot) for r in silver_rows(spark)}
+    assert flags == {(66, True), (77, False)}
+
+
+def test_a_late_file_is_merged_into_its_date_and_other_dates_stay(spark, lake, tmp_path):
+    land(spark, tmp_path, "d1.csv", [event("2019-10-01 10:00:00")])
+    land(spark, tmp_path, "d2.csv", [event("2019-10-02 10:00:00", product="200")])
+    run(spark, dates=(D1, D2))
+    late = land(spark, tmp_path, "d1-late.csv", [event("2019-10-01 23:00:00", product="300")])
+    assert bronze.event_dates(spark, late.checksums) == [D1]
+    d2_files_before = {p for p in _files(spark) if "2019-10-02" in p}
+    run(spark, dates=(D1,))
+    assert [(r.event_date, r.product_id) for r in silver_rows(spark)] == [(D1, 100), (D1, 300), (D2, 200)]
+    assert {p for p in _files(spark) if "2019-10-02" in p} == d2_files_before
+
+
+def test_rerunning_a_date_gives_an_identical_table(spark, lake, tmp_path):
+    land(spark, tmp_path, "day.csv", [event(f"2019-10-01 1{h}:00:00", product=str(h), session="") for h in range(5)])
+    run(spark)
+    first = storage.read_table(spark, "silver_events")
+    first_rows = first.collect()
+    run(spark)
+    assertDataFrameEqual(storage.read_table(spark, "silver_events"), first_rows)
+
+
+def test_reconciliation_fails_loudly_when_rows_go_missing():
+    counts = {"kept": 10, "exact_duplicate": 1, "collapsed": 1, "quarantined": 2}
+    check_reconciliation(14, counts, 10, 2)
+    with pytest.raises(ReconciliationError, match="bronze rows 15 != silver 10"):
+        check_reconciliation(15, counts, 10, 2)
+    with pytest.raises(ReconciliationError, match="silver committed 9 rows but 10 were kept"):
+        check_reconciliation(14, counts, 9, 2)
+
+
+@pytest.mark.slow
+def test_the_real_sample_end_to_end(spark, lake):
+    bronze.land_event_files(spark, [str(SAMPLE_EVENTS)], run_id="r", ingested_at=INGESTED)
+    result = run(spark)
+    assert result.bronze_rows == 17_435
+    assert result.counts["exact_duplicate"] == 5  # the data set's README counts 5 exact duplicate rows
+    assert sum(result.counts.values()) == result.bronze_rows
+    (truncated,) = storage.read_table(spark, "quarantine_events").collect()
+    assert (truncated.line_number, truncated.reason) == (17_436, "wrong_column_count")
+    raw = storage.read_table(spark, "bronze_events")
+    non_positive = raw.filter(F.col("price").cast("double") <= 0)
+    assert non_positive.count() == 19 and {r.event_type for r in non_positive.collect()} == {"view"}
+    events = storage.read_table(spark, "silver_events")
+    assert events.filter(F.col("price") <= 0).count() == 0  # views keep no price rather than a wrong one
+    kept_lines = {r.line_number for r in events.select("line_number").collect()}
+    priceless = {r.line_number for r in non_positive.collect()} & kept_lines
+    assert {r.line_number for r in events.filter(F.col("price").isNull()).collect()} == priceless
+    assert events.select("event_id").distinct().count() == events.count() == result.counts["kept"]
+    metrics = {r.metric: r.value for r in storage.read_table(spark, "run_metrics").filter("stage = 'silver'").collect()}
+    assert metrics["bronze_rows"] == metrics["silver_rows"] + metrics["quarantined"] + metrics["duplicates_removed"]
+
+
+def _files(spark):
+    from deltalake import DeltaTable
+
+    return DeltaTable(storage.table_uri("silver_events")).file_uris()
