@@ -26,11 +26,32 @@ def test_generate_then_ingest_a_folder_and_list_tables(spark, lake, tmp_path):
     assert "(not written yet)" in next(line for line in result.output.splitlines() if line.startswith("kg_edges"))
 
 
-def test_pipeline_on_the_sample_prints_where_outputs_are(spark, lake):
+def test_pipeline_on_the_sample_fills_every_stage_and_prints_where_outputs_are(spark, lake):
     result = runner.invoke(app, ["pipeline", "--events", str(SAMPLE_EVENTS)])
     assert result.exit_code == 0, result.output
     assert f"lake (Delta tables): {lake / 'lake'}" in result.output
     assert "bronze_events: 17,435 rows from 1 new files" in result.output
+    assert (
+        "17,410 kept of 17,435 bronze rows (5 exact duplicates, 19 repeats collapsed, 1 quarantined)" in result.output
+    )
+    assert "gold as of 2019-10-01: interactions" in result.output
+    listed = {line.split()[0]: line.split()[2] for line in result.output.splitlines() if line[:1].isalpha()}
+    for table in ("quarantine_events", "silver_events", "interactions", "item_similarity", "cf_recommendations",
+                  "user_features", "item_features", "items"):  # fmt: skip
+        assert listed[table] not in ("-", "0"), table
+
+
+def test_silver_and_gold_commands_take_dates(spark, lake):
+    assert runner.invoke(app, ["ingest", "--events", str(SAMPLE_EVENTS)]).exit_code == 0
+    result = runner.invoke(app, ["silver", "--start", "2019-10-01", "--end", "2019-10-01"])
+    assert result.exit_code == 0, result.output
+    assert "silver_events 2019-10-01..2019-10-01: 17,410 kept" in result.output
+    result = runner.invoke(app, ["gold"])
+    assert result.exit_code == 0 and "gold as of 2019-10-01" in result.output
+    result = runner.invoke(app, ["silver", "--start", "2019-10-02", "--end", "2019-10-01"])
+    assert result.exit_code == 2 and "end 2019-10-01 is before start 2019-10-02" in result.output
+    result = runner.invoke(app, ["silver", "--date", "2019-13-01"])
+    assert result.exit_code != 0 and "2019-13-01" in result.output
 
 
 def test_bad_input_exits_non_zero_with_one_clear_line(spark, lake, tmp_path):

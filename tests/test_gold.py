@@ -1,0 +1,182 @@
+"""Gold transforms on hand-built events; every expected value is worked out by hand from the rule."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import pytest
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from shoplake import storage
+from shoplake.catalog import SILVER_EVENTS
+from spark_jobs import bronze, gold, silver
+from spark_jobs.interactions import AsOf, transform_interactions
+from spark_jobs.item_features import transform_item_features
+from spark_jobs.similarity import transform_baskets, transform_cf_recommendations, transform_item_similarity
+from spark_jobs.user_features import quintile_score, segment, transform_user_features
+from tests.conftest import SAMPLE_EVENTS
+
+AS_OF = AsOf(dt.date(2019, 10, 31), computed_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+END = dt.datetime(2019, 11, 1)  # the end of the run date, naive UTC as Spark returns it
+WEIGHTS = {"view": 1.0, "cart": 3.0, "purchase": 5.0, "remove_from_cart": -1.0}
+
+
+def events(spark, rows):
+    """rows: (days_before_end, type, item, user, session, category_code, brand, price)."""
+    data = []
+    for n, (days, kind, item, user, session, code, brand, price) in enumerate(rows):
+        time = END - dt.timedelta(days=days)
+        data.append((f"e{n}", time, kind, item, None, code, brand, price, user, session, session, False,
+                     "f", n, "c", "r", END, time.date()))  # fmt: skip
+    return spark.createDataFrame(data, SILVER_EVENTS.schema)
+
+
+def ev(days, kind, item, user=1, session="s1", code="a.b.c", brand="x", price=10.0):
+    return (days, kind, item, user, session, code, brand, price)
+
+
+def test_decay_halves_the_weight_every_half_life_and_the_score_floors_at_zero(spark):
+    rows = [ev(14, "view", 10), ev(28, "purchase", 11), ev(0.0, "cart", 12), ev(1, "remove_from_cart", 13)]
+    got = {r.item_id: r for r in transform_interactions(events(spark, rows), AS_OF, WEIGHTS, 14.0).collect()}
+    assert got[10].score == pytest.approx(0.5)  # a view exactly one half-life old
+    assert got[11].score == pytest.approx(5 * 0.25)  # a purchase two half-lives old
+    assert got[12].score == pytest.approx(3.0)  # a cart at the end of the day: no decay
+    assert got[13].score == 0.0  # a lone removal is floored at 0
+    assert (got[11].purchases, got[11].views, got[13].removes) == (1, 0, 1)
+    assert got[10].event_timestamp == END and got[10].as_of_date == AS_OF.date
+
+
+def test_counts_and_first_last_times_per_pair(spark):
+    rows = [ev(3, "view", 10), ev(2, "view", 10), ev(1, "cart", 10), ev(0.5, "purchase", 10)]
+    (pair,) = transform_interactions(events(spark, rows), AS_OF, WEIGHTS, 14.0).collect()
+    assert (pair.views, pair.carts, pair.purchases) == (2, 1, 1)
+    assert (pair.first_event_time, pair.last_event_time) == (END - dt.timedelta(days=3), END - dt.timedelta(days=0.5))
+    expected = 2 ** (-3 / 14) + 2 ** (-2 / 14) + 3 * 2 ** (-1 / 14) + 5 * 2 ** (-0.5 / 14)
+    assert pair.score == pytest.approx(expected)
+
+
+def co_occurrence_events(spark):
+    """Sessions {A, B}, {A, B}, {A, C} of users 1-3, and user 4 who only saw B. A=1, B=2, C=3."""
+    return events(spark, [
+        ev(1, "view", 1, user=1, session="s1"), ev(1, "view", 2, user=1, session="s1"),
+        ev(1, "view", 1, user=2, session="s2"), ev(1, "view", 2, user=2, session="s2"),
+        ev(1, "view", 1, user=3, session="s3"), ev(1, "view", 3, user=3, session="s3"),
+        ev(14, "view", 2, user=4, session="s4"),
+    ])  # fmt: skip
+
+
+def test_item_similarity_on_a_hand_built_co_occurrence(spark):
+    # Baskets are the 4 sessions and the 4 users' histories (the same item sets here):
+    # n_A = 6, n_B = 6, n_C = 2; c_AB = 4, c_AC = 2.
+    baskets = transform_baskets(co_occurrence_events(spark), basket_items=20)
+    similarity = transform_item_similarity(baskets, AS_OF, top_k=50, damping=0.5, min_support=1)
+    got = {(r.item_id, r.neighbor_item_id): (r.weight, r.support, r.rank) for r in similarity.collect()}
+    assert got == {
+        (1, 2): (pytest.approx(4 / math.sqrt(6 * 6)), 4, 1),
+        (1, 3): (pytest.approx(2 / math.sqrt(6 * 2)), 2, 2),
+        (2, 1): (pytest.approx(4 / math.sqrt(6 * 6)), 4, 1),
+        (3, 1): (pytest.approx(2 / math.sqrt(2 * 6)), 2, 1),
+    }
+    damped = transform_item_similarity(baskets, AS_OF, top_k=1, damping=1.0, min_support=3)
+    assert [(r.item_id, r.neighbor_item_id, r.weight) for r in damped.collect()] == [(1, 2, 4 / 6), (2, 1, 4 / 6)]
+
+
+def test_baskets_keep_only_the_most_recent_items(spark):
+    rows = [ev(d, "view", item, user=9, session="s9") for d, item in ((5, 100), (4, 101), (3, 102))]
+    baskets = transform_baskets(events(spark, rows), basket_items=2).collect()
+    assert sorted((b.basket_id, b.item_id) for b in baskets) == [
+        ("s:s9", 101),
+        ("s:s9", 102),
+        ("u:9", 101),
+        ("u:9", 102),
+    ]
+
+
+def test_cf_scores_follow_the_formula_and_skip_what_the_user_bought(spark):
+    base = co_occurrence_events(spark)
+    similarity = transform_item_similarity(transform_baskets(base, 20), AS_OF, top_k=50, damping=0.5, min_support=1)
+    interactions = transform_interactions(base, AS_OF, WEIGHTS, 14.0)
+    recommendations = transform_cf_recommendations(interactions, similarity, AS_OF, top_n=10, user_items=50)
+    got = {(r.user_id, r.item_id): (r.score, r.rank) for r in recommendations.collect()}
+    # user 4 saw B once, 14 days ago: r(4, B) = 0.5; A has B as a neighbour with w_AB = 4/6.
+    assert got[(4, 1)] == (pytest.approx(4 / 6 * 0.5), 1)
+    # user 3 saw A and C a day ago (r = 2^(-1/14) each): score(3, B) = w_BA · r(3, A); A and C score each other.
+    r = 2 ** (-1 / 14)
+    assert got[(3, 2)][0] == pytest.approx(4 / 6 * r)
+    assert got[(3, 1)][0] == pytest.approx(2 / math.sqrt(12) * r)
+    bought = events(spark, [ev(1, "view", 2, user=4, session="s4"), ev(1, "purchase", 1, user=4, session="s4")])
+    interactions = transform_interactions(base.unionByName(bought), AS_OF, WEIGHTS, 14.0)
+    recommendations = transform_cf_recommendations(interactions, similarity, AS_OF, top_n=10, user_items=50)
+    assert (4, 1) not in {(r.user_id, r.item_id) for r in recommendations.collect()}
+
+
+@pytest.mark.parametrize(
+    ("r", "f", "expected"),
+    [(5, 5, "champions"), (5, 4, "champions"), (4, 4, "loyal"), (3, 5, "loyal"), (5, 3, "potential_loyalist"),
+     (4, 2, "potential_loyalist"), (5, 1, "new"), (4, 1, "promising"), (3, 3, "need_attention"),
+     (3, 2, "about_to_sleep"), (3, 1, "about_to_sleep"), (2, 5, "cant_lose"), (1, 4, "at_risk"), (2, 3, "at_risk"),
+     (2, 2, "hibernating"), (1, 1, "hibernating"), (None, None, "browsers")],
+)  # fmt: skip
+def test_rfm_segment_boundaries(spark, r, f, expected):
+    frame = spark.createDataFrame([(r, f)], "r int, f int")
+    assert frame.select(segment(F.col("r"), F.col("f"))).first()[0] == expected
+
+
+def test_quintile_scores_at_the_thresholds(spark):
+    frame = spark.createDataFrame([(v,) for v in (0.0, 1.0, 1.5, 4.0, 4.5, None)], "v double")
+    higher = [r[0] for r in frame.select(quintile_score(F.col("v"), [1.0, 2.0, 3.0, 4.0])).collect()]
+    lower = [r[0] for r in frame.select(quintile_score(F.col("v"), [1.0, 2.0, 3.0, 4.0], False)).collect()]
+    assert higher == [1, 1, 2, 4, 5, None]
+    assert lower == [5, 5, 4, 2, 1, None]
+
+
+def test_user_features_windows_affinity_brand_and_conversion(spark):
+    rows = [
+        ev(0.5, "view", 1, code="electronics.audio", brand="sony", price=100.0),
+        ev(0.6, "purchase", 1, code="electronics.audio", brand="sony", price=100.0),
+        ev(3, "view", 2, code="electronics.audio", brand="jbl", price=50.0, session="s2"),
+        ev(20, "view", 3, code="kids.toys", brand="lego", price=20.0, session="s3"),
+        ev(45, "view", 4, code="kids.toys", brand="lego", price=20.0, session="s4"),  # beyond 30 days
+    ]
+    (user,) = transform_user_features(events(spark, rows), AS_OF).collect()
+    assert (user.views_1d, user.views_7d, user.views_30d, user.purchases_1d) == (1, 2, 3, 1)
+    assert (user.frequency, user.monetary, user.recency_days) == (1, 100.0, 0)
+    assert (user.r_score, user.f_score, user.m_score, user.segment) == (5, 1, 1, "new")
+    assert user.top_categories == ["electronics.audio", "kids.toys"]
+    assert user.top_category_shares == pytest.approx([3 / 4, 1 / 4])
+    assert user.preferred_brand == "sony"  # sony 2 events, jbl 1, lego 1 in the last 30 days
+    assert user.view_to_purchase_rate == pytest.approx(1 / 3)  # of 3 items viewed in 30 days, 1 was bought
+    assert user.sessions_30d == 3
+
+
+def test_item_features_smoothed_rates_and_unique_ranks(spark):
+    rows = [ev(1, "view", 1, user=u) for u in range(8)] + [ev(1, "cart", 1, user=0), ev(1, "view", 2, user=1),
+            ev(1, "cart", 2, user=1), ev(1, "view", 3, code=None, user=2)]  # fmt: skip
+    got = {r.item_id: r for r in transform_item_features(events(spark, rows), AS_OF, prior_strength=10).collect()}
+    prior = 2 / 10  # carts / views over all items in 30 days
+    assert got[1].view_to_cart_rate == pytest.approx((1 + 10 * prior) / (8 + 10))
+    assert got[2].view_to_cart_rate == pytest.approx((1 + 10 * prior) / (1 + 10))
+    assert [got[i].popularity_rank for i in (1, 2, 3)] == [1, 2, 3]
+    assert [got[i].category_popularity_rank for i in (1, 2, 3)] == [1, 2, 1]  # item 3 has no category
+    assert (got[1].distinct_users_30d, got[1].category_l1, got[1].category_l3) == (8, "a", "c")
+
+
+@pytest.mark.slow
+def test_gold_on_the_sample_is_identical_when_rerun(spark, lake):
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    bronze.land_event_files(spark, [str(SAMPLE_EVENTS)], run_id="r", ingested_at=at)
+    silver.run_silver(spark, [dt.date(2019, 10, 1)], run_id="s", processed_at=at)
+    first = gold.run_gold(spark, dt.date(2019, 10, 1), run_id="g", computed_at=at)
+    assert (
+        first.rows["user_features"] == 4_504 and first.rows["item_features"] == 6_493
+    )  # users and items in the sample
+    snapshots = {t.name: storage.read_table(spark, t).collect() for t in gold.GOLD_TABLES}
+    second = gold.run_gold(spark, dt.date(2019, 10, 1), run_id="g", computed_at=at)
+    assert second.rows == first.rows
+    for table in gold.GOLD_TABLES:
+        assertDataFrameEqual(storage.read_table(spark, table), snapshots[table.name])
+    coo = spark.read.parquet(str(first.matrix_dir / "coo"))
+    assert coo.count() == first.rows["interactions"]
+    assert coo.agg(F.max("user_index")).first()[0] == first.matrix["users"] - 1
