@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
+from shoplake.catalog import TABLES
 from shoplake.cli import app
 from tests.conftest import SAMPLE_EVENTS
 
@@ -35,7 +36,8 @@ def test_pipeline_on_the_sample_fills_every_stage_and_prints_where_outputs_are(s
         "17,410 kept of 17,435 bronze rows (5 exact duplicates, 19 repeats collapsed, 1 quarantined)" in result.output
     )
     assert "gold as of 2019-10-01: interactions" in result.output
-    listed = {line.split()[0]: line.split()[2] for line in result.output.splitlines() if line[:1].isalpha()}
+    table_lines = [line.split() for line in result.output.splitlines()[-len(TABLES) :]]
+    listed = {words[0]: words[2] for words in table_lines}
     for table in ("quarantine_events", "silver_events", "interactions", "item_similarity", "cf_recommendations",
                   "user_features", "item_features", "items"):  # fmt: skip
         assert listed[table] not in ("-", "0"), table
