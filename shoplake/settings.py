@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     similarity_min_support: int = Field(1, ge=1, description="Baskets that must hold both items.")
     cf_top_n: int = Field(20, gt=0, description="Recommendations kept per user.")
     cf_user_items: int = Field(50, gt=0, description="A user's highest-scored items used to score candidates.")
+    cf_max_contributions: int = Field(
+        50, gt=0, description="Items j add to the scores of at most this many items i that list j (the closest)."
+    )
     rate_prior_strength: float = Field(20.0, ge=0, description="Pseudo-views behind smoothed conversion rates.")
 
     @field_validator("home")

@@ -88,7 +88,12 @@ def run_gold(
         )  # fmt: skip
         write(
             transform_cf_recommendations(
-                interactions, similarity, as_of, top_n=settings.cf_top_n, user_items=settings.cf_user_items
+                interactions,
+                similarity,
+                as_of,
+                top_n=settings.cf_top_n,
+                user_items=settings.cf_user_items,
+                max_contributions=settings.cf_max_contributions,
             ),
             CF_RECOMMENDATIONS,
         )

@@ -10,6 +10,10 @@ and n_i baskets holding i,
 which is the cosine of the two items' basket vectors at α = 0.5; a larger α damps very popular neighbours j.
 Each item keeps its top-K neighbours N(i). A user's score for item i is Σ_{j∈N(i)} w_ij · r(u, j), r being the
 interaction score; items the user bought are excluded.
+
+A very popular item j is a neighbour of tens of thousands of items, and every user who saw it would add a term to
+each of them. So each j contributes to at most ``max_contributions`` items i — those with the largest w_ij. When
+no item is in more neighbourhoods than that, the scores are exactly the formula's.
 """
 
 from __future__ import annotations
@@ -68,7 +72,13 @@ def transform_item_similarity(
 
 
 def transform_cf_recommendations(
-    interactions: DataFrame, similarity: DataFrame, as_of: AsOf, *, top_n: int, user_items: int
+    interactions: DataFrame,
+    similarity: DataFrame,
+    as_of: AsOf,
+    *,
+    top_n: int,
+    user_items: int,
+    max_contributions: int,
 ) -> DataFrame:
     strongest = Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id")
     rated = (
@@ -78,7 +88,12 @@ def transform_cf_recommendations(
         .select("user_id", F.col("item_id").alias("neighbor_item_id"), F.col("score").alias("rating"))
     )
     bought = interactions.filter(F.col("purchases") > 0).select("user_id", "item_id")
-    neighbours = similarity.select("item_id", "neighbor_item_id", "weight")
+    closest = Window.partitionBy("neighbor_item_id").orderBy(F.desc("weight"), "item_id")
+    neighbours = (
+        similarity.select("item_id", "neighbor_item_id", "weight")
+        .withColumn("reach", F.row_number().over(closest))
+        .filter(F.col("reach") <= max_contributions)
+    )
     scored = (
         rated.join(neighbours, on="neighbor_item_id", how="inner")
         .groupBy("user_id", "item_id")
