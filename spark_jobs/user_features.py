@@ -61,13 +61,11 @@ def transform_rfm(events: DataFrame, as_of: AsOf) -> DataFrame:
     recency = F.floor((end_seconds - F.unix_seconds("last_purchase")) / SECONDS_PER_DAY).cast("int")
     rfm = rfm.withColumn("recency_days", recency)
     buyers = rfm.filter(F.col("frequency") > 0)
-    quantiles = buyers.agg(
-        *(F.percentile_approx(c, QUINTILES).alias(c) for c in ("recency_days", "frequency", "monetary"))
-    ).first()
-    has_buyers = quantiles is not None and quantiles["frequency"] is not None
-    thresholds = {
-        c: [float(v) for v in quantiles[c]] if has_buyers else None for c in ("recency_days", "frequency", "monetary")
-    }  # type: ignore[index]
+    rfm_columns = ("recency_days", "frequency", "monetary")
+    quantiles = buyers.agg(*(F.percentile_approx(c, QUINTILES).alias(c) for c in rfm_columns)).first()
+    thresholds: dict[str, list[float] | None] = dict.fromkeys(rfm_columns)
+    if quantiles is not None and quantiles["frequency"] is not None:  # someone bought something
+        thresholds = {c: [float(v) for v in quantiles[c]] for c in rfm_columns}
     bought = F.col("frequency") > 0
     return rfm.select(
         "user_id",
@@ -175,6 +173,8 @@ def transform_user_features(events: DataFrame, as_of: AsOf) -> DataFrame:
         transform_price_band(events),
     ):
         features = features.join(part, on="user_id", how="left")
-    zero_filled = {c: 0 for c in USER_FEATURES.columns if c.endswith("d") and c.split("_")[-1] in ("1d", "7d", "30d")}
+    zero_filled: dict[str, bool | float | int | str] = {
+        c: 0 for c in USER_FEATURES.columns if c.endswith("d") and c.split("_")[-1] in ("1d", "7d", "30d")
+    }
     features = features.fillna(zero_filled)
     return as_of.stamp(features).select(*USER_FEATURES.columns)

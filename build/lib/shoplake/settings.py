@@ -1,0 +1,102 @@
+"""The one place where shoplake's environment is resolved.
+
+Every path, table location and tunable comes from here; nothing else reads environment variables. Local defaults
+need no configuration; production sets ``SHOPLAKE_*`` variables (or a ``.env`` file). Secrets (object-store keys,
+database passwords) are never written in code: they come from the environment, as ``SHOPLAKE_STORAGE_OPTIONS`` for
+delta-rs or the connection strings that later stages read.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_EVENT_WEIGHTS = {"view": 1.0, "cart": 3.0, "purchase": 5.0, "remove_from_cart": -1.0}
+
+
+def is_remote_uri(uri: str) -> bool:
+    """True for object-store URIs (s3://, abfss://, gs://...) that are passed through to delta-rs untouched."""
+    return "://" in uri and not uri.startswith("file://")
+
+
+class Settings(BaseSettings):
+    """shoplake's configuration; each field is overridable as ``SHOPLAKE_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOPLAKE_", env_file=".env", extra="ignore")
+
+    home: Path = Field(Path(".shoplake"), description="Root of everything shoplake writes locally.")
+    lake_uri: str | None = Field(None, description="Lake root; default $SHOPLAKE_HOME/lake. s3:// etc. allowed.")
+    storage_options: dict[str, str] = Field(
+        default_factory=dict, description="delta-rs storage options (credentials come from the environment)."
+    )
+
+    spark_master: str = Field("local[2]", description="local[N], spark://, k8s:// or Spark Connect sc://.")
+    spark_conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark conf, as a JSON object.")
+    spark_driver_memory: str = "4g"
+    spark_shuffle_partitions: int = Field(4, ge=1, description="Few partitions suit one small machine.")
+    spark_ui: bool = Field(True, description="Spark's web UI; tests turn it off.")
+
+    feast_env: Literal["local", "production"] = "local"
+
+    model_path: Path | None = Field(None, description="Local Hugging Face encoder dir; default all-MiniLM-L6-v2.")
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    embed_batch_tokens: int = Field(131_072, ge=512, description="Token budget of one GPU batch.")
+    embed_cpu_batch_size: int = Field(64, ge=1)
+
+    event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    half_life_days: float = Field(14.0, gt=0, description="Implicit-score decay: weight halves every this many days.")
+
+    # silver rules
+    future_tolerance_hours: float = Field(1.0, ge=0, description="Events later than ingestion + this: quarantined.")
+    repeat_window_seconds: float = Field(2.0, ge=0, description="Same user, item, type this close: one action.")
+    session_gap_minutes: float = Field(30.0, gt=0, description="Inactivity that ends a session lacking an id.")
+    bot_window_seconds: int = Field(300, gt=0, description="Window over which a bot's sustained rate is measured.")
+    bot_max_events_per_window: int = Field(150, gt=0, description="More events than this in one window: a bot.")
+
+    # gold features
+    history_days: int = Field(90, gt=0, description="How far back gold features look from the run date.")
+    similarity_top_k: int = Field(50, gt=0, description="Neighbours kept per item.")
+    similarity_basket_items: int = Field(20, gt=1, description="Most recent distinct items per session/user basket.")
+    similarity_popularity_damping: float = Field(
+        0.5, ge=0, le=1, description="0.5 = cosine; higher damps popular neighbours."
+    )
+    similarity_min_support: int = Field(1, ge=1, description="Baskets that must hold both items.")
+    cf_top_n: int = Field(20, gt=0, description="Recommendations kept per user.")
+    cf_user_items: int = Field(50, gt=0, description="A user's highest-scored items used to score candidates.")
+    cf_max_contributions: int = Field(
+        50, gt=0, description="Items j add to the scores of at most this many items i that list j (the closest)."
+    )
+    rate_prior_strength: float = Field(20.0, ge=0, description="Pseudo-views behind smoothed conversion rates.")
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def lake_root(self) -> str:
+        if self.lake_uri:
+            return self.lake_uri if is_remote_uri(self.lake_uri) else str(Path(self.lake_uri).expanduser().resolve())
+        return str(self.home / "lake")
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def staging_root(self) -> str:
+        """Where Spark writes files before they are committed; inside the lake so executors and driver share it."""
+        return f"{self.lake_root.rstrip('/')}/_staging"
+
+    def table_uri(self, table_name: str) -> str:
+        return f"{self.lake_root.rstrip('/')}/{table_name}"
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests call ``get_settings.cache_clear()`` after changing the environment."""
+    return Settings()

@@ -1,0 +1,275 @@
+"""Bronze: land behaviour-log files exactly as they came, with where every row came from.
+
+A file is known by the SHA-256 of its bytes, so landing a file that is already in bronze does nothing. Every data
+line becomes one row: the raw fields as strings, its source file, its line number in that file (the header is
+line 1), the file checksum and the ingest run. A line with the wrong number of fields keeps its whole raw text,
+so silver can quarantine it without anything being lost. Formats: CSV with a header, or JSON lines; either may be
+gzip-compressed.
+
+Line numbers need no Python: within one file split Spark reads rows in order, so a row's line is the number of
+lines in earlier splits of its file plus its position in its own split (from ``monotonically_increasing_id``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from shoplake import storage
+from shoplake.catalog import BRONZE_EVENTS, RAW_EVENT_COLUMNS
+from shoplake.errors import InputError
+from shoplake.run_metrics import record_metrics
+from shoplake.settings import get_settings
+from spark_jobs.columns import csv_field_count, parse_event_time
+
+log = logging.getLogger(__name__)
+
+FORMATS = {".csv": "csv", ".json": "jsonl", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+EXPECTED_FIELDS = len(RAW_EVENT_COLUMNS)
+
+
+@dataclass(frozen=True)
+class EventFile:
+    path: str
+    format: str  # "csv" | "jsonl"
+    checksum: str
+    header: tuple[str, ...] = ()  # CSV only, as written in the file
+
+
+@dataclass(frozen=True)
+class LandingResult:
+    run_id: str
+    checksums: tuple[str, ...]  # of every file given, landed now or before
+    files_landed: tuple[str, ...]
+    files_already_landed: tuple[str, ...]
+    rows_landed: int
+    version: int | None
+
+
+def file_format(path: str) -> str:
+    name = path.lower().removesuffix(".gz")
+    for suffix, kind in FORMATS.items():
+        if name.endswith(suffix):
+            return kind
+    raise InputError(f"{path}: not an events file; expected .csv or .json/.jsonl/.ndjson (optionally .gz)")
+
+
+def _open_text(path: str):
+    return gzip.open(path, "rt", encoding="utf-8-sig") if path.endswith(".gz") else open(path, encoding="utf-8-sig")
+
+
+def file_checksum(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def inspect_event_file(path: str) -> EventFile:
+    """Check that a file exists and is CSV or JSON lines in the events schema, before any work is done."""
+    kind = file_format(path)
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    try:
+        with _open_text(path) as handle:
+            first = handle.readline().strip()
+    except (OSError, UnicodeDecodeError, EOFError) as error:
+        raise InputError(f"{path}: unreadable ({error})") from error
+    if not first:
+        raise InputError(f"{path}: empty file (a {kind} events file needs at least a header or one record)")
+    if kind == "csv":
+        header = tuple(h.strip().strip('"') for h in first.split(","))
+        missing = [c for c in RAW_EVENT_COLUMNS if c not in header]
+        if missing:
+            raise InputError(
+                f"{path}: not a CSV events file: header lacks {', '.join(missing)} (found {first[:200]!r})"
+            )
+        extra = [h for h in header if h not in RAW_EVENT_COLUMNS]
+        if extra:
+            log.warning(
+                "%s: columns %s are not part of the events schema; bronze keeps only the known ones", path, extra
+            )
+        return EventFile(path, kind, file_checksum(path), header)
+    try:
+        if not isinstance(json.loads(first), dict):
+            raise ValueError("not an object")
+    except ValueError as error:
+        raise InputError(f"{path}: not JSON lines: the first line is not a JSON object ({error})") from error
+    return EventFile(path, kind, file_checksum(path))
+
+
+def read_lines(spark: SparkSession, files: Sequence[EventFile]) -> DataFrame:
+    """Every physical line of every file, with the file's index, its split's offset and a per-split order."""
+    frames = [
+        spark.read.text(f.path).select(
+            "value", F.lit(index).alias("file_index"), F.col("_metadata.file_block_start").alias("block_start")
+        )
+        for index, f in enumerate(files)
+    ]
+    union = frames[0]
+    for frame in frames[1:]:
+        union = union.unionByName(frame)
+    return union.withColumn("row_id", F.monotonically_increasing_id())
+
+
+def transform_number_lines(lines: DataFrame) -> DataFrame:
+    """Add ``line_number`` (1-based, per file) from split offsets and the per-split row order."""
+    splits = lines.groupBy("file_index", "block_start").agg(
+        F.count(F.lit(1)).alias("split_lines"), F.min("row_id").alias("first_row_id")
+    )
+    earlier = Window.partitionBy("file_index").orderBy("block_start").rowsBetween(Window.unboundedPreceding, -1)
+    splits = splits.withColumn("lines_before", F.coalesce(F.sum("split_lines").over(earlier), F.lit(0)))
+    return (
+        lines.join(F.broadcast(splits), on=["file_index", "block_start"], how="inner")
+        .withColumn("line_number", F.col("lines_before") + F.col("row_id") - F.col("first_row_id") + 1)
+        .select("file_index", "line_number", "value")
+    )
+
+
+def transform_csv_fields(numbered: DataFrame, header: Sequence[str]) -> DataFrame:
+    """Split CSV lines into the raw event fields; the header (line 1) is not an event."""
+    schema = ", ".join(f"`{name}` STRING" for name in header)
+    parsed = F.from_csv("value", schema, {"mode": "PERMISSIVE"})
+    return numbered.filter(F.col("line_number") > 1).select(
+        "file_index", "line_number", "value",
+        *(parsed[c].alias(c) for c in RAW_EVENT_COLUMNS),
+        (csv_field_count("value") - (len(header) - EXPECTED_FIELDS)).alias("field_count"),
+    )  # fmt: skip
+
+
+def transform_jsonl_fields(numbered: DataFrame) -> DataFrame:
+    """Read JSON objects' fields as strings; ``field_count`` counts the expected keys present (0 if malformed)."""
+    schema = ", ".join(f"`{name}` STRING" for name in RAW_EVENT_COLUMNS)
+    parsed = F.from_json("value", schema)
+    keys = F.map_keys(F.from_json("value", "MAP<STRING, STRING>"))
+    present = F.size(F.filter(keys, lambda k: k.isin(*RAW_EVENT_COLUMNS)))
+    return numbered.select(
+        "file_index", "line_number", "value",
+        *(parsed[c].alias(c) for c in RAW_EVENT_COLUMNS),
+        F.when(present >= 0, present).otherwise(0).cast("int").alias("field_count"),
+    )  # fmt: skip
+
+
+def transform_bronze(
+    fields: DataFrame,
+    files: Sequence[EventFile],
+    run_id: str,
+    ingested_at: dt.datetime,
+    future_tolerance_hours: float,
+) -> DataFrame:
+    """The bronze schema: raw fields, the raw line when its field count is wrong, and provenance.
+
+    ``event_date`` places a row on the day it happened; a time that does not parse, or lies beyond ingestion plus
+    the tolerance, places it nowhere (null), and every silver run examines such rows."""
+    by_index = F.col("file_index") + 1
+    event_time = parse_event_time("event_time")
+    latest = F.lit(ingested_at + dt.timedelta(hours=future_tolerance_hours)).cast("timestamp")
+    plausible = event_time.isNotNull() & (event_time <= latest)
+    return fields.select(
+        *RAW_EVENT_COLUMNS,
+        "field_count",
+        F.when(F.col("field_count") != EXPECTED_FIELDS, F.col("value")).alias("raw_line"),
+        F.element_at(F.array(*(F.lit(f.path) for f in files)), by_index).alias("source_file"),
+        F.col("line_number").cast("long").alias("line_number"),
+        F.element_at(F.array(*(F.lit(f.checksum) for f in files)), by_index).alias("file_checksum"),
+        F.lit(run_id).alias("ingest_run_id"),
+        F.lit(ingested_at).cast("timestamp").alias("ingested_at"),
+        F.when(plausible, F.to_date(event_time)).alias("event_date"),
+    )
+
+
+def build_bronze(
+    spark: SparkSession,
+    files: Sequence[EventFile],
+    run_id: str,
+    ingested_at: dt.datetime,
+    future_tolerance_hours: float = 1.0,
+) -> DataFrame:
+    numbered = transform_number_lines(read_lines(spark, files))
+    groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+    for index, f in enumerate(files):
+        groups.setdefault((f.format, f.header), []).append(index)
+    parts = []
+    for (kind, header), indices in groups.items():
+        subset = numbered.filter(F.col("file_index").isin(indices))
+        parts.append(transform_csv_fields(subset, header) if kind == "csv" else transform_jsonl_fields(subset))
+    fields = parts[0]
+    for part in parts[1:]:
+        fields = fields.unionByName(part)
+    return transform_bronze(fields, files, run_id, ingested_at, future_tolerance_hours)
+
+
+def already_landed(spark: SparkSession, checksums: Sequence[str]) -> set[str]:
+    if storage.table_version(BRONZE_EVENTS) is None:
+        return set()
+    bronze = storage.read_table(spark, BRONZE_EVENTS)
+    found = bronze.filter(F.col("file_checksum").isin(list(checksums))).select("file_checksum").distinct().collect()
+    return {row.file_checksum for row in found}
+
+
+def land_event_files(
+    spark: SparkSession, paths: Sequence[str], *, run_id: str, ingested_at: dt.datetime
+) -> LandingResult:
+    """Append new files to bronze in one commit; files already landed (same checksum) are skipped."""
+    if not paths:
+        raise InputError("no events files given")
+    files = [inspect_event_file(p) for p in paths]
+    unique = list({f.checksum: f for f in files}.values())
+    checksums = tuple(f.checksum for f in unique)
+    landed = already_landed(spark, [f.checksum for f in unique])
+    new = [f for f in unique if f.checksum not in landed]
+    skipped = tuple(f.path for f in files if f not in new)
+    for path in skipped:
+        log.info("%s: already landed (same checksum); skipped", path)
+    if not new:
+        return LandingResult(run_id, checksums, (), skipped, 0, storage.table_version(BRONZE_EVENTS))
+    tolerance = get_settings().future_tolerance_hours
+    landed_rows = build_bronze(spark, new, run_id, ingested_at, tolerance)
+    result = storage.write_table(landed_rows, BRONZE_EVENTS, "append", run_id=run_id)
+    record_metrics(
+        spark, run_id, "bronze",
+        {"files_landed": len(new), "files_already_landed": len(skipped), "rows_landed": result.rows},
+        recorded_at=ingested_at,
+    )  # fmt: skip
+    return LandingResult(run_id, checksums, tuple(f.path for f in new), skipped, result.rows, result.version)
+
+
+def event_dates(spark: SparkSession, checksums: Sequence[str]) -> list[dt.date]:
+    """The event dates the given files hold: the silver partitions to rebuild after landing them."""
+    bronze = storage.read_table(spark, BRONZE_EVENTS).filter(F.col("file_checksum").isin(list(checksums)))
+    rows = bronze.filter(F.col("event_date").isNotNull()).select("event_date").distinct().collect()
+    return sorted(row.event_date for row in rows)
+
+
+def new_run_id(stage: str) -> str:
+    return f"{stage}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """spark-submit entry point: ``spark_jobs/bronze.py --run-id R FILE...``."""
+    from shoplake.spark import get_spark
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+")
+    parser.add_argument("--run-id", default=None)
+    args = parser.parse_args(argv)
+    run_id = args.run_id or new_run_id("ingest")
+    result = land_event_files(get_spark("bronze"), args.paths, run_id=run_id, ingested_at=dt.datetime.now(dt.UTC))
+    print(json.dumps(result.__dict__, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Column expressions that more than one job needs, so every stage parses the same way."""
+
+from __future__ import annotations
+
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+
+# REES46 writes "2019-10-01 00:00:03 UTC"; other shops send ISO-8601 with an offset or naive UTC times.
+EVENT_TIME_FORMATS = (
+    "yyyy-MM-dd HH:mm:ss z",
+    "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX",
+    "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]'Z'",
+    "yyyy-MM-dd HH:mm:ss[.SSSSSS]",
+    "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]",
+)
+
+# Event types as shops send them (lower-cased, trimmed) → the canonical type. Silver normalises with this map.
+EVENT_TYPE_SYNONYMS = {
+    "view": "view", "detail": "view", "pageview": "view", "product_view": "view",
+    "cart": "cart", "addtocart": "cart", "add_to_cart": "cart",
+    "remove_from_cart": "remove_from_cart", "removefromcart": "remove_from_cart",
+    "purchase": "purchase", "transaction": "purchase", "buy": "purchase", "order": "purchase",
+}  # fmt: skip
+KNOWN_RAW_EVENT_TYPES = frozenset(EVENT_TYPE_SYNONYMS)
+
+# A comma outside double quotes: the lookahead sees an even number of quotes up to the end of the line.
+CSV_FIELD_SEPARATOR = ',(?=(?:[^"]*"[^"]*")*[^"]*$)'
+
+
+def parse_event_time(column: str | Column) -> Column:
+    """The event time in UTC, or null when no known format matches (the session time zone is UTC)."""
+    text = F.trim(F.col(column) if isinstance(column, str) else column)
+    return F.coalesce(*(F.try_to_timestamp(text, F.lit(fmt)) for fmt in EVENT_TIME_FORMATS))
+
+
+def csv_field_count(line: str | Column) -> Column:
+    """How many fields a CSV line holds; the quote-aware split runs only on lines that contain a quote."""
+    value = F.col(line) if isinstance(line, str) else line
+    return (
+        F.when(F.instr(value, '"') == 0, F.size(F.split(value, ",", -1)))
+        .otherwise(F.size(F.split(value, CSV_FIELD_SEPARATOR, -1)))
+        .cast("int")
+    )

@@ -1,0 +1,127 @@
+"""Items: land an item catalogue (CSV with a header, or JSON lines) into the ``items`` table.
+
+The catalogue is curated data, so a bad row (an id that is not an integer, an id given twice) stops the landing
+with an error that names the file and shows the offending rows, rather than being skipped. Landing upserts on
+``item_id``: a newer catalogue replaces older rows for the same items and keeps the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+from collections.abc import Sequence
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from shoplake import storage
+from shoplake.catalog import ITEMS
+from shoplake.errors import InputError
+from spark_jobs.bronze import file_format
+
+CATALOG_COLUMNS = ("item_id", "title", "description", "category_code", "brand", "price", "attributes")
+CATALOG_SCHEMA = ", ".join(f"`{c}` STRING" for c in CATALOG_COLUMNS)
+MAX_EXAMPLES = 5
+
+
+def read_catalog(spark: SparkSession, path: str) -> DataFrame:
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    kind = file_format(path)
+    if kind == "csv":
+        header = spark.read.option("header", True).csv(path).columns
+        missing = [c for c in ("item_id",) if c not in header]
+        if missing:
+            raise InputError(f"{path}: not an item catalogue: header lacks item_id (found {header[:10]})")
+        return (
+            spark.read.schema(CATALOG_SCHEMA)
+            .options(header=True, multiLine=True, escape='"', enforceSchema=False)
+            .csv(path)
+        )
+    return spark.read.schema(CATALOG_SCHEMA).json(path)
+
+
+def _blank_to_null(column: str) -> F.Column:
+    return F.when(F.trim(F.col(column)) == "", None).otherwise(F.trim(F.col(column)))
+
+
+def transform_catalog(raw: DataFrame, updated_at: dt.datetime) -> DataFrame:
+    """Type the catalogue into the ``items`` schema; ``item_id`` is null where it is not an integer."""
+    return raw.select(
+        F.col("item_id").try_cast("long").alias("item_id"),
+        _blank_to_null("title").alias("title"),
+        _blank_to_null("description").alias("description"),
+        F.lit(None).cast("long").alias("category_id"),
+        F.lower(_blank_to_null("category_code")).alias("category_code"),
+        F.lower(_blank_to_null("brand")).alias("brand"),
+        F.col("price").try_cast("double").alias("price"),
+        _blank_to_null("attributes").alias("attributes"),
+        F.lit("catalog").alias("source"),
+        F.lit(updated_at).cast("timestamp").alias("updated_at"),
+    )
+
+
+def check_catalog(raw: DataFrame, items: DataFrame, path: str) -> None:
+    bad_ids = raw.filter(F.col("item_id").isNull() | F.col("item_id").try_cast("long").isNull())
+    examples = [r.item_id for r in bad_ids.limit(MAX_EXAMPLES).collect()]
+    if examples:
+        raise InputError(
+            f"{path}: {bad_ids.count()} catalogue rows have an item_id that is not an integer, e.g. {examples}"
+        )
+    repeated = items.groupBy("item_id").count().filter(F.col("count") > 1)
+    examples = [r.item_id for r in repeated.limit(MAX_EXAMPLES).collect()]
+    if examples:
+        raise InputError(f"{path}: item_id given more than once, e.g. {examples}")
+
+
+def land_catalog(spark: SparkSession, path: str, *, run_id: str, updated_at: dt.datetime) -> storage.WriteResult:
+    raw = read_catalog(spark, path)
+    items = transform_catalog(raw, updated_at)
+    check_catalog(raw, items, path)
+    return storage.merge_table(items, ITEMS, run_id=run_id)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from shoplake.spark import get_spark
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path")
+    parser.add_argument("--run-id", default="items")
+    args = parser.parse_args(argv)
+    print(land_catalog(get_spark("items"), args.path, run_id=args.run_id, updated_at=dt.datetime.now(dt.UTC)))
+
+
+if __name__ == "__main__":
+    main()
+
+
+def transform_items_from_events(events: DataFrame, updated_at: dt.datetime) -> DataFrame:
+    """Items as the events describe them: each product's latest known category, brand and price."""
+
+    def latest(column: str) -> F.Column:
+        return F.max_by(column, F.when(F.col(column).isNotNull(), F.col("event_time"))).alias(column)
+
+    return events.groupBy(F.col("product_id").alias("item_id")).agg(
+        latest("category_id"), latest("category_code"), latest("brand"), latest("price")
+    ).select(
+        "item_id",
+        F.lit(None).cast("string").alias("title"),
+        F.lit(None).cast("string").alias("description"),
+        "category_id", "category_code", "brand", "price",
+        F.lit(None).cast("string").alias("attributes"),
+        F.lit("events").alias("source"),
+        F.lit(updated_at).cast("timestamp").alias("updated_at"),
+    )  # fmt: skip
+
+
+def refresh_items_from_events(
+    spark: SparkSession, events: DataFrame, *, run_id: str, updated_at: dt.datetime
+) -> storage.WriteResult:
+    """Upsert event-derived items; items that came from a catalogue are left as the catalogue says."""
+    derived = transform_items_from_events(events, updated_at)
+    if storage.table_version(ITEMS) is not None:
+        from_catalog = storage.read_table(spark, ITEMS).filter(F.col("source") == "catalog").select("item_id")
+        derived = derived.join(from_catalog, on="item_id", how="left_anti")
+    return storage.merge_table(derived, ITEMS, run_id=run_id)

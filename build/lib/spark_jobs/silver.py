@@ -1,0 +1,303 @@
+"""Silver: typed, deduplicated, sessionised events, with every bronze row accounted for.
+
+For each date it processes, silver reads *all* bronze rows of that date — files that arrived late included — and
+replaces the date's partition, so a rerun or a late file gives the table one complete run would have given.
+Rows whose time does not parse have no date; every run re-examines them and upserts them into quarantine.
+
+Each bronze row goes exactly one way:
+- ``quarantined``: it broke a rule (the first rule broken is its reason code, see ``REASONS``);
+- ``exact_duplicate``: the same event again (same time, user, item, type, session, price, category, brand);
+- ``collapsed``: the same user, item and type again within ``repeat_window_seconds`` of the previous one;
+- ``kept``: a silver row. Bot-like users are flagged (``is_bot``), kept here, and left out of gold.
+
+``run_metrics`` records the four counts; if they do not add up to the bronze rows read, or the rows committed to
+silver and quarantine differ from the rows classified, the run fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from shoplake import storage
+from shoplake.catalog import BRONZE_EVENTS, QUARANTINE_EVENTS, RAW_EVENT_COLUMNS, SILVER_EVENTS
+from shoplake.errors import ShoplakeError
+from shoplake.run_metrics import record_metrics
+from shoplake.settings import Settings, get_settings
+from spark_jobs.columns import EVENT_TYPE_SYNONYMS, parse_event_time
+
+log = logging.getLogger(__name__)
+
+EXPECTED_FIELDS = len(RAW_EVENT_COLUMNS)
+REASONS = (
+    "wrong_column_count", "unparseable_time", "future_time", "missing_user_id", "invalid_user_id",
+    "missing_product_id", "invalid_product_id", "unknown_event_type", "non_positive_price",
+)  # fmt: skip
+OUTCOMES = ("kept", "exact_duplicate", "collapsed", "quarantined")
+PRICED_TYPES = ("cart", "purchase")  # a cart or purchase without a positive price is quarantined
+CONTENT_COLUMNS = ("user_session", "price", "category_id", "category_code", "brand")  # beyond time, user, item, type
+
+
+class ReconciliationError(ShoplakeError):
+    """Bronze rows were lost or invented between bronze and silver."""
+
+
+@dataclass(frozen=True)
+class SilverRules:
+    future_tolerance_hours: float = 1.0
+    repeat_window_seconds: float = 2.0
+    session_gap_minutes: float = 30.0
+    bot_window_seconds: int = 300
+    bot_max_events_per_window: int = 150
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SilverRules:
+        return cls(
+            settings.future_tolerance_hours, settings.repeat_window_seconds, settings.session_gap_minutes,
+            settings.bot_window_seconds, settings.bot_max_events_per_window,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SilverResult:
+    dates: tuple[dt.date, ...]
+    bronze_rows: int
+    counts: dict[str, int]
+    silver_version: int
+    quarantine_version: int | None
+
+
+def _blank_to_null(column: Column) -> Column:
+    trimmed = F.trim(column)
+    return F.when(trimmed == "", None).otherwise(trimmed)
+
+
+def _seconds(column: Column) -> Column:
+    return F.unix_micros(column) / 1_000_000
+
+
+def transform_type(bronze: DataFrame, rules: SilverRules) -> DataFrame:
+    """Typed columns plus ``reason``: null for a valid row, else the first rule the row breaks."""
+    synonyms = F.create_map(*(F.lit(v) for pair in EVENT_TYPE_SYNONYMS.items() for v in pair))
+    raw_type = F.lower(F.trim(F.col("event_type")))
+    event_type = F.try_element_at(synonyms, raw_type)
+    event_time = parse_event_time("event_time")
+    user, product = _blank_to_null(F.col("user_id")), _blank_to_null(F.col("product_id"))
+    price = F.col("price").try_cast("double")
+    priced = event_type.isin(*PRICED_TYPES)
+    too_late = _seconds(F.col("ingested_at")) + rules.future_tolerance_hours * 3600
+    rules_broken = [
+        (F.col("field_count") != EXPECTED_FIELDS,
+         F.format_string(f"%d fields, expected {EXPECTED_FIELDS}", F.col("field_count"))),
+        (event_time.isNull(), F.concat(F.lit("event_time "), F.coalesce(F.col("event_time"), F.lit("null")))),
+        (_seconds(event_time) > too_late, F.format_string("event_time %s is after ingestion + tolerance", F.trim(F.col("event_time")))),
+        (user.isNull(), F.lit("user_id is empty")),
+        (user.try_cast("long").isNull(), F.concat(F.lit("user_id "), user)),
+        (product.isNull(), F.lit("product_id is empty")),
+        (product.try_cast("long").isNull(), F.concat(F.lit("product_id "), product)),
+        (event_type.isNull(), F.concat(F.lit("event_type "), F.coalesce(F.col("event_type"), F.lit("null")))),
+        (priced & (price.isNull() | (price <= 0)),
+         F.format_string("%s with price %s", event_type, F.coalesce(F.col("price"), F.lit("null")))),
+    ]  # fmt: skip
+    reason: Column = F.lit(None).cast("string")
+    detail: Column = F.lit(None).cast("string")
+    for code, (broken, why) in reversed(list(zip(REASONS, rules_broken, strict=True))):
+        reason = F.when(broken, F.lit(code)).otherwise(reason)
+        detail = F.when(broken, why).otherwise(detail)
+    return bronze.select(
+        "*",
+        event_time.alias("t_event_time"),
+        event_type.alias("t_event_type"),
+        product.try_cast("long").alias("t_product_id"),
+        user.try_cast("long").alias("t_user_id"),
+        F.when(price > 0, price).alias("t_price"),  # a view without a positive price keeps no price
+        reason.alias("reason"),
+        detail.alias("detail"),
+    )
+
+
+def transform_quarantine(typed: DataFrame, run_id: str, quarantined_at: dt.datetime) -> DataFrame:
+    return typed.filter(F.col("reason").isNotNull()).select(
+        *RAW_EVENT_COLUMNS, "field_count", "raw_line", "source_file", "line_number", "file_checksum",
+        "ingest_run_id", "reason", "detail", F.lit(run_id).alias("run_id"),
+        F.lit(quarantined_at).cast("timestamp").alias("quarantined_at"), "event_date",
+    )  # fmt: skip
+
+
+def transform_valid(typed: DataFrame) -> DataFrame:
+    """The valid rows with silver's typed, normalised columns (no outcome yet)."""
+    return typed.filter(F.col("reason").isNull()).select(
+        F.col("t_event_time").alias("event_time"),
+        F.col("t_event_type").alias("event_type"),
+        F.col("t_product_id").alias("product_id"),
+        _blank_to_null(F.col("category_id")).try_cast("long").alias("category_id"),
+        F.lower(_blank_to_null(F.col("category_code"))).alias("category_code"),
+        F.lower(_blank_to_null(F.col("brand"))).alias("brand"),
+        F.col("t_price").alias("price"),
+        F.col("t_user_id").alias("user_id"),
+        _blank_to_null(F.col("user_session")).alias("user_session"),
+        "source_file", "line_number", "file_checksum", "ingest_run_id",
+        F.to_date("t_event_time").alias("event_date"),
+    )  # fmt: skip
+
+
+def transform_classify_repeats(valid: DataFrame, repeat_window_seconds: float) -> DataFrame:
+    """``outcome``: exact_duplicate or collapsed when the previous row of the same user, item and type is the
+    same event, or came at most ``repeat_window_seconds`` earlier; otherwise kept. One window does both."""
+    ordered = Window.partitionBy("user_id", "product_id", "event_type").orderBy(
+        "event_time", *CONTENT_COLUMNS, "source_file", "line_number"
+    )
+    previous = F.lag(F.struct("event_time", *CONTENT_COLUMNS)).over(ordered)
+    same_content = F.lit(True)
+    for column in ("event_time", *CONTENT_COLUMNS):
+        same_content = same_content & previous[column].eqNullSafe(F.col(column))
+    gap = _seconds(F.col("event_time")) - _seconds(previous["event_time"])
+    outcome = (
+        F.when(previous.isNull(), "kept")
+        .when(same_content, "exact_duplicate")
+        .when(gap <= repeat_window_seconds, "collapsed")
+        .otherwise("kept")
+    )
+    return valid.withColumn("outcome", outcome)
+
+
+def event_id(
+    columns: Sequence[str] = ("event_time", "event_type", "product_id", "user_id", *CONTENT_COLUMNS),
+) -> Column:
+    """A content hash: equal for exact duplicates, so unique once they are removed."""
+    return F.md5(F.concat_ws("\u0001", *(F.coalesce(F.col(c).cast("string"), F.lit("\u0000")) for c in columns)))
+
+
+def transform_flag_bots(kept: DataFrame, window_seconds: int, max_events: int) -> DataFrame:
+    """``is_bot``: the user sent more than ``max_events`` events within one ``window_seconds`` window that day."""
+    bucket = F.floor(_seconds(F.col("event_time")) / window_seconds)
+    bots = (
+        kept.groupBy("user_id", "event_date", bucket.alias("bucket"))
+        .count()
+        .filter(F.col("count") > max_events)
+        .select("user_id", "event_date", F.lit(True).alias("is_bot"))
+        .distinct()
+    )
+    return kept.join(F.broadcast(bots), on=["user_id", "event_date"], how="left").withColumn(
+        "is_bot", F.coalesce(F.col("is_bot"), F.lit(False))
+    )
+
+
+def transform_sessionize(events: DataFrame, gap_minutes: float) -> DataFrame:
+    """``session_id``: the shop's ``user_session`` when present; otherwise a new session starts after
+    ``gap_minutes`` of inactivity, named by a hash of the user and the session's first event time (stable)."""
+    given = events.filter(F.col("user_session").isNotNull()).withColumn("session_id", F.col("user_session"))
+    missing = events.filter(F.col("user_session").isNull())
+    by_user = Window.partitionBy("user_id").orderBy("event_time", "event_id")
+    gap = _seconds(F.col("event_time")) - _seconds(F.lag("event_time").over(by_user))
+    starts = F.when(gap.isNull() | (gap > gap_minutes * 60), 1).otherwise(0)
+    numbered = missing.withColumn(
+        "session_number", F.sum(starts).over(by_user.rowsBetween(Window.unboundedPreceding, 0))
+    )
+    first_time = F.min("event_time").over(Window.partitionBy("user_id", "session_number"))
+    derived = numbered.withColumn(
+        "session_id",
+        F.concat(F.lit("gap-"), F.md5(F.concat_ws("|", F.col("user_id").cast("string"), first_time.cast("string")))),
+    ).drop("session_number")
+    return given.unionByName(derived)
+
+
+def transform_silver(kept: DataFrame, rules: SilverRules, processed_at: dt.datetime) -> DataFrame:
+    events = kept.withColumn("event_id", event_id())
+    events = transform_flag_bots(events, rules.bot_window_seconds, rules.bot_max_events_per_window)
+    events = transform_sessionize(events, rules.session_gap_minutes)
+    return events.withColumn("processed_at", F.lit(processed_at).cast("timestamp")).select(*SILVER_EVENTS.columns)
+
+
+def read_bronze_scope(spark: SparkSession, dates: Sequence[dt.date]) -> DataFrame:
+    """Bronze rows of the given dates, and every undated row (time unparseable), which only quarantine takes."""
+    bronze = storage.read_table(spark, BRONZE_EVENTS)
+    return bronze.filter(F.col("event_date").isin(list(dates)) | F.col("event_date").isNull())
+
+
+def run_silver(
+    spark: SparkSession,
+    dates: Sequence[dt.date],
+    *,
+    run_id: str,
+    processed_at: dt.datetime,
+    rules: SilverRules | None = None,
+) -> SilverResult:
+    """Rebuild the silver partitions of ``dates`` from bronze; quarantine what breaks a rule; reconcile."""
+    if not dates:
+        raise ShoplakeError("silver needs at least one date to process")
+    rules = rules or SilverRules.from_settings(get_settings())
+    dates = tuple(sorted(set(dates)))
+    typed = transform_type(read_bronze_scope(spark, dates), rules).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        classified = transform_classify_repeats(transform_valid(typed), rules.repeat_window_seconds)
+        classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
+        counts = {outcome: 0 for outcome in OUTCOMES}
+        counts.update({r.outcome: r["count"] for r in classified.groupBy("outcome").count().collect()})
+        counts["quarantined"] = typed.filter(F.col("reason").isNotNull()).count()
+        bronze_rows = typed.count()
+
+        silver = transform_silver(classified.filter(F.col("outcome") == "kept"), rules, processed_at)
+        written = storage.write_table(
+            silver, SILVER_EVENTS, "overwrite_partitions", partitions=[{"event_date": d} for d in dates], run_id=run_id
+        )
+        quarantine = transform_quarantine(typed, run_id, processed_at)
+        quarantined = (
+            storage.merge_table(quarantine, QUARANTINE_EVENTS, run_id=run_id) if counts["quarantined"] else None
+        )
+    finally:
+        typed.unpersist()
+        classified.unpersist()
+    duplicates = counts["exact_duplicate"] + counts["collapsed"]
+    metrics = {"bronze_rows": bronze_rows, "silver_rows": written.rows, "duplicates_removed": duplicates, **counts}
+    record_metrics(spark, run_id, "silver", metrics, recorded_at=processed_at, run_date=dates[-1],
+                   details={"bronze_rows": {"dates": [d.isoformat() for d in dates]}})  # fmt: skip
+    check_reconciliation(bronze_rows, counts, written.rows, quarantined.rows if quarantined else 0)
+    log.info("silver %s..%s: %s", dates[0], dates[-1], metrics)
+    return SilverResult(dates, bronze_rows, counts, written.version, quarantined.version if quarantined else None)
+
+
+def check_reconciliation(bronze_rows: int, counts: dict[str, int], silver_rows: int, quarantine_rows: int) -> None:
+    """bronze = silver + quarantined + duplicates removed, and what was committed is what was classified."""
+    accounted = sum(counts[o] for o in OUTCOMES)
+    problems = []
+    if accounted != bronze_rows:
+        problems.append(f"bronze rows {bronze_rows} != silver {counts['kept']} + quarantined {counts['quarantined']}"
+                        f" + exact duplicates {counts['exact_duplicate']} + collapsed {counts['collapsed']}")  # fmt: skip
+    if silver_rows != counts["kept"]:
+        problems.append(f"silver committed {silver_rows} rows but {counts['kept']} were kept")
+    if quarantine_rows != counts["quarantined"]:
+        problems.append(f"quarantine committed {quarantine_rows} rows but {counts['quarantined']} were quarantined")
+    if problems:
+        raise ReconciliationError("silver reconciliation failed: " + "; ".join(problems))
+
+
+def dates_between(start: dt.date, end: dt.date) -> list[dt.date]:
+    if end < start:
+        raise ShoplakeError(f"end {end} is before start {start}")
+    return [start + dt.timedelta(days=n) for n in range((end - start).days + 1)]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """spark-submit entry point: ``spark_jobs/silver.py --start D [--end D] --run-id R``."""
+    from shoplake.spark import get_spark
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--start", type=dt.date.fromisoformat, required=True)
+    parser.add_argument("--end", type=dt.date.fromisoformat)
+    parser.add_argument("--run-id", default="silver")
+    args = parser.parse_args(argv)
+    dates = dates_between(args.start, args.end or args.start)
+    result = run_silver(get_spark("silver"), dates, run_id=args.run_id, processed_at=dt.datetime.now(dt.UTC))
+    print(result)
+
+
+if __name__ == "__main__":
+    main()

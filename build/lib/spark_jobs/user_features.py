@@ -1,0 +1,180 @@
+"""Gold ``user_features``: RFM and segment, activity over 1/7/30 days, sessions, conversion, category affinity.
+
+RFM looks at purchases in the history window: recency in whole days from the end of the run date to the last
+purchase, frequency = purchases, monetary = their summed price. Scores 1–5 come from quintile thresholds over the
+users who purchased (5 = most recent / most frequent / highest spend). Segments follow the common R×F grid
+(``SEGMENT_GRID``); users with no purchase in the window are ``browsers``.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from shoplake.catalog import COUNT_COLUMN, EVENT_TYPES, USER_FEATURES, WINDOWS_DAYS
+from spark_jobs.interactions import SECONDS_PER_DAY, AsOf
+
+# (segment, r_scores, f_scores): the first matching row wins.
+SEGMENT_GRID = (
+    ("champions", (5,), (4, 5)),
+    ("loyal", (3, 4), (4, 5)),
+    ("potential_loyalist", (4, 5), (2, 3)),
+    ("new", (5,), (1,)),
+    ("promising", (4,), (1,)),
+    ("need_attention", (3,), (3,)),
+    ("about_to_sleep", (3,), (1, 2)),
+    ("cant_lose", (1, 2), (5,)),
+    ("at_risk", (1, 2), (3, 4)),
+    ("hibernating", (1, 2), (1, 2)),
+)
+NO_PURCHASE_SEGMENT = "browsers"
+SEGMENTS = tuple(s for s, _, _ in SEGMENT_GRID) + (NO_PURCHASE_SEGMENT,)
+QUINTILES = [0.2, 0.4, 0.6, 0.8]
+PRICE_BANDS = ("budget", "mid", "upper", "premium")  # by the user's median price vs the shop's price quartiles
+TOP_CATEGORIES = 3
+
+
+def segment(r_score: Column, f_score: Column) -> Column:
+    expression: Column = F.lit(NO_PURCHASE_SEGMENT)
+    for name, rs, fs in reversed(SEGMENT_GRID):
+        expression = F.when(r_score.isin(*rs) & f_score.isin(*fs), F.lit(name)).otherwise(expression)
+    return F.when(r_score.isNull() | f_score.isNull(), F.lit(NO_PURCHASE_SEGMENT)).otherwise(expression)
+
+
+def quintile_score(value: Column, thresholds: list[float] | None, higher_is_better: bool = True) -> Column:
+    """1–5 by how many quintile thresholds ``value`` exceeds (reversed when lower is better); null without value."""
+    if not thresholds:
+        return F.lit(None).cast("int")
+    above = sum((value > F.lit(t)).cast("int") for t in thresholds)
+    score = (1 + above) if higher_is_better else (5 - above)
+    return F.when(value.isNull(), None).otherwise(score).cast("int")
+
+
+def transform_rfm(events: DataFrame, as_of: AsOf) -> DataFrame:
+    is_purchase = F.col("event_type") == "purchase"
+    rfm = events.groupBy("user_id").agg(
+        F.max(F.when(is_purchase, F.col("event_time"))).alias("last_purchase"),
+        F.count(F.when(is_purchase, 1)).alias("frequency"),
+        F.coalesce(F.sum(F.when(is_purchase, F.col("price"))), F.lit(0.0)).alias("monetary"),
+    )
+    end_seconds = F.unix_seconds(F.lit(as_of.end).cast("timestamp"))
+    recency = F.floor((end_seconds - F.unix_seconds("last_purchase")) / SECONDS_PER_DAY).cast("int")
+    rfm = rfm.withColumn("recency_days", recency)
+    buyers = rfm.filter(F.col("frequency") > 0)
+    rfm_columns = ("recency_days", "frequency", "monetary")
+    quantiles = buyers.agg(*(F.percentile_approx(c, QUINTILES).alias(c) for c in rfm_columns)).first()
+    thresholds: dict[str, list[float] | None] = dict.fromkeys(rfm_columns)
+    if quantiles is not None and quantiles["frequency"] is not None:  # someone bought something
+        thresholds = {c: [float(v) for v in quantiles[c]] for c in rfm_columns}
+    bought = F.col("frequency") > 0
+    return rfm.select(
+        "user_id",
+        "recency_days",
+        "frequency",
+        "monetary",
+        F.when(bought, quintile_score(F.col("recency_days"), thresholds["recency_days"], higher_is_better=False)).alias(
+            "r_score"
+        ),
+        F.when(bought, quintile_score(F.col("frequency"), thresholds["frequency"])).alias("f_score"),
+        F.when(bought, quintile_score(F.col("monetary"), thresholds["monetary"])).alias("m_score"),
+    ).withColumn("segment", segment(F.col("r_score"), F.col("f_score")))
+
+
+def transform_activity(events: DataFrame, as_of: AsOf) -> DataFrame:
+    """Counts per event type over the last 1/7/30 days."""
+    counts = [
+        F.count(
+            F.when((F.col("event_type") == t) & (F.col("event_time") >= F.lit(as_of.start(w)).cast("timestamp")), 1)
+        ).alias(f"{COUNT_COLUMN[t]}_{w}d")
+        for t in EVENT_TYPES
+        for w in WINDOWS_DAYS
+    ]
+    return events.groupBy("user_id").agg(*counts)
+
+
+def transform_sessions(recent: DataFrame) -> DataFrame:
+    """Sessions in the last 30 days and their mean length in seconds (first to last event)."""
+    sessions = recent.groupBy("user_id", "session_id").agg(
+        (F.unix_micros(F.max("event_time")) - F.unix_micros(F.min("event_time"))).alias("length_us")
+    )
+    return sessions.groupBy("user_id").agg(
+        F.count(F.lit(1)).alias("sessions_30d"), (F.avg("length_us") / 1e6).alias("mean_session_seconds")
+    )
+
+
+def transform_conversion(recent: DataFrame) -> DataFrame:
+    """Share of the items a user viewed in the last 30 days that the user also bought in them."""
+    per_item = recent.groupBy("user_id", "product_id").agg(
+        F.max((F.col("event_type") == "view").cast("int")).alias("viewed"),
+        F.max((F.col("event_type") == "purchase").cast("int")).alias("bought"),
+    )
+    return per_item.groupBy("user_id").agg(
+        F.try_divide(F.sum(F.col("viewed") * F.col("bought")), F.sum("viewed")).alias("view_to_purchase_rate")
+    )
+
+
+def transform_category_affinity(recent: DataFrame) -> DataFrame:
+    """Top-3 categories by events in the last 30 days, with their shares of the user's categorised events."""
+    per_category = recent.filter(F.col("category_code").isNotNull()).groupBy("user_id", "category_code").count()
+    total = F.sum("count").over(Window.partitionBy("user_id"))
+    ranked = per_category.withColumn("share", F.col("count") / total).withColumn(
+        "position", F.row_number().over(Window.partitionBy("user_id").orderBy(F.desc("count"), "category_code"))
+    )
+    top = ranked.filter(F.col("position") <= TOP_CATEGORIES)
+    ordered = F.array_sort(F.collect_list(F.struct("position", "category_code", "share")))
+    return (
+        top.groupBy("user_id")
+        .agg(ordered.alias("top"))
+        .select(
+            "user_id",
+            F.col("top.category_code").alias("top_categories"),
+            F.col("top.share").alias("top_category_shares"),
+        )
+    )
+
+
+def transform_preferred_brand(recent: DataFrame) -> DataFrame:
+    per_brand = recent.filter(F.col("brand").isNotNull()).groupBy("user_id", "brand").count()
+    best = Window.partitionBy("user_id").orderBy(F.desc("count"), "brand")
+    return (
+        per_brand.withColumn("position", F.row_number().over(best))
+        .filter(F.col("position") == 1)
+        .select("user_id", F.col("brand").alias("preferred_brand"))
+    )
+
+
+def transform_price_band(events: DataFrame) -> DataFrame:
+    priced = events.filter(F.col("price").isNotNull())
+    quartiles = priced.agg(F.percentile_approx("price", [0.25, 0.5, 0.75]).alias("q")).first()
+    per_user = priced.groupBy("user_id").agg(F.percentile_approx("price", 0.5).alias("median_price"))
+    if quartiles is None or quartiles["q"] is None:
+        return per_user.select("user_id", F.lit(None).cast("string").alias("price_band"))
+    q1, q2, q3 = (float(v) for v in quartiles["q"])
+    median = F.col("median_price")
+    band = (
+        F.when(median < q1, PRICE_BANDS[0])
+        .when(median < q2, PRICE_BANDS[1])
+        .when(median < q3, PRICE_BANDS[2])
+        .otherwise(PRICE_BANDS[3])
+    )
+    return per_user.select("user_id", band.alias("price_band"))
+
+
+def transform_user_features(events: DataFrame, as_of: AsOf) -> DataFrame:
+    """One row per user with any event in ``events`` (the history window of non-bot silver events)."""
+    recent = events.filter(F.col("event_time") >= F.lit(as_of.start(30)).cast("timestamp"))
+    features = transform_rfm(events, as_of)
+    for part in (
+        transform_activity(events, as_of),
+        transform_sessions(recent),
+        transform_conversion(recent),
+        transform_category_affinity(recent),
+        transform_preferred_brand(recent),
+        transform_price_band(events),
+    ):
+        features = features.join(part, on="user_id", how="left")
+    zero_filled: dict[str, bool | float | int | str] = {
+        c: 0 for c in USER_FEATURES.columns if c.endswith("d") and c.split("_")[-1] in ("1d", "7d", "30d")
+    }
+    features = features.fillna(zero_filled)
+    return as_of.stamp(features).select(*USER_FEATURES.columns)
