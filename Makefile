@@ -32,6 +32,7 @@ lint: install ## ruff and mypy
 
 bench: install ## Run the benchmarks under bench/ (each against its baseline, results in bench/results/)
 	$(BIN)/python -m bench.storage_write --rows 2000000
+	$(BIN)/python -m bench.etl --events 1000000 --events 10000000
 
 clean: ## Remove the local lake, reports and caches (not the virtualenv)
 	rm -rf .shoplake spark-warehouse metastore_db derby.log .pytest_cache

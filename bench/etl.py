@@ -16,6 +16,8 @@ import datetime as dt
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -104,7 +106,9 @@ WHERE event_time IS NOT NULL AND user_id IS NOT NULL AND product_id IS NOT NULL
   AND NOT (event_type IN ('cart', 'purchase') AND price IS NULL);
 CREATE OR REPLACE TEMP TABLE events AS
 SELECT * EXCLUDE (previous) FROM (
-  SELECT *, lag(event_time) OVER (PARTITION BY user_id, product_id, event_type ORDER BY event_time) AS previous
+  SELECT *, lag(event_time) OVER (PARTITION BY user_id, product_id, event_type
+                                  ORDER BY event_time, session_id NULLS FIRST, price NULLS FIRST, category_id NULLS FIRST,
+                                           category_code NULLS FIRST, brand NULLS FIRST) AS previous
   FROM valid)
 WHERE previous IS NULL OR event_time - previous > INTERVAL 2 SECOND;
 CREATE OR REPLACE TEMP TABLE interactions AS
@@ -176,15 +180,16 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     sizes = args.events or [1_000_000]
     os.environ.setdefault("SHOPLAKE_SPARK_UI", "false")
-    from shoplake.generate import generate_shop
     from shoplake.settings import get_settings
 
     for size in sizes:
         work = Path(tempfile.mkdtemp(prefix="shoplake-bench-etl-"))
         os.environ["SHOPLAKE_HOME"] = str(work / "home")
         get_settings.cache_clear()
-        shop = generate_shop(work / "shop", events=size, days=DAYS, items=args.items, seed=46)
-        files = [str(p) for p in shop.event_files]
+        # generated in a child process, so this process's memory is the pipeline's alone
+        subprocess.run([sys.executable, "-m", "shoplake.cli", "generate", "--events", str(size), "--days", str(DAYS),
+                        "--items", str(args.items), "--out", str(work / "shop")], check=True)  # fmt: skip
+        files = sorted(str(p) for p in (work / "shop" / "events").glob("*.csv"))
         as_of = dt.date(2019, 10, 1) + dt.timedelta(days=DAYS - 1)
         with PeakMemory() as spark_memory:
             stages, shoplake_rows = run_shoplake(files, as_of)

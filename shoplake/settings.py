@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     spark_master: str = Field("local[2]", description="local[N], spark://, k8s:// or Spark Connect sc://.")
     spark_conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark conf, as a JSON object.")
     spark_driver_memory: str = "4g"
-    spark_shuffle_partitions: int = Field(4, ge=1, description="Few partitions suit one small machine.")
+    spark_shuffle_partitions: int = Field(16, ge=1, description="Adaptive execution merges small ones.")
     spark_ui: bool = Field(True, description="Spark's web UI; tests turn it off.")
 
     feast_env: Literal["local", "production"] = "local"

@@ -472,8 +472,9 @@ def _merge(
     try:
         predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
         touched = _distinct(f.partition_values for f in files if f.rows)
-        if spec.partition_by and touched and all(None not in p.values() for p in touched):
-            column = spec.partition_by[0]  # prune the target scan to the partitions the source touches
+        prunable = [c for c in spec.partition_by if c in keys]  # a matching row can only be in the same partition
+        if prunable and touched and all(p[prunable[0]] is not None for p in touched):
+            column = prunable[0]  # scan only the target partitions the source touches
             listed = ", ".join(f"'{p[column]}'" for p in touched)
             predicate += f" AND t.`{column}` IN ({listed})"
         source = _staged_reader(staged_dir, spec)

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -72,37 +71,36 @@ def run_gold(
         result.rows[table.name], result.versions[table.name] = written.rows, written.version
         return storage.read_table(spark, table).filter(F.col("as_of_date") == as_of_date)
 
-    events = read_history(spark, as_of, settings.history_days).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        items.refresh_items_from_events(spark, events, run_id=run_id, updated_at=computed_at)
-        interactions = write(
-            transform_interactions(events, as_of, settings.event_weights, settings.half_life_days), INTERACTIONS
-        )
-        similarity = write(
-            transform_item_similarity(
-                transform_baskets(events, settings.similarity_basket_items), as_of,
-                top_k=settings.similarity_top_k, damping=settings.similarity_popularity_damping,
-                min_support=settings.similarity_min_support,
-            ),
-            ITEM_SIMILARITY,
-        )  # fmt: skip
-        write(
-            transform_cf_recommendations(
-                interactions,
-                similarity,
-                as_of,
-                top_n=settings.cf_top_n,
-                user_items=settings.cf_user_items,
-                max_contributions=settings.cf_max_contributions,
-            ),
-            CF_RECOMMENDATIONS,
-        )
-        write(transform_user_features(events, as_of), USER_FEATURES)
-        write(transform_item_features(events, as_of, prior_strength=settings.rate_prior_strength), ITEM_FEATURES)
-        out = matrix_dir(settings, as_of_date)
-        result.matrix.update(export_matrix(interactions, out))
-    finally:
-        events.unpersist()
+    # Not cached: re-reading silver's Parquet is cheap, and cached blocks would hold back the memory that the
+    # basket-pair aggregation needs to spill at ten million events.
+    events = read_history(spark, as_of, settings.history_days)
+    items.refresh_items_from_events(spark, events, run_id=run_id, updated_at=computed_at)
+    interactions = write(
+        transform_interactions(events, as_of, settings.event_weights, settings.half_life_days), INTERACTIONS
+    )
+    similarity = write(
+        transform_item_similarity(
+            transform_baskets(events, settings.similarity_basket_items), as_of,
+            top_k=settings.similarity_top_k, damping=settings.similarity_popularity_damping,
+            min_support=settings.similarity_min_support,
+        ),
+        ITEM_SIMILARITY,
+    )  # fmt: skip
+    write(
+        transform_cf_recommendations(
+            interactions,
+            similarity,
+            as_of,
+            top_n=settings.cf_top_n,
+            user_items=settings.cf_user_items,
+            max_contributions=settings.cf_max_contributions,
+        ),
+        CF_RECOMMENDATIONS,
+    )
+    write(transform_user_features(events, as_of), USER_FEATURES)
+    write(transform_item_features(events, as_of, prior_strength=settings.rate_prior_strength), ITEM_FEATURES)
+    out = matrix_dir(settings, as_of_date)
+    result.matrix.update(export_matrix(interactions, out))
     record_metrics(spark, run_id, "gold", {f"{name}_rows": rows for name, rows in result.rows.items()},
                    recorded_at=computed_at, run_date=as_of_date)  # fmt: skip
     log.info("gold as of %s: %s", as_of_date, result.rows)

@@ -1,3 +1,0 @@
-"""shoplake: behaviour logs and item catalogues in; trustworthy recommendation and marketing features out."""
-
-__version__ = "0.1.0"

@@ -1,1 +1,0 @@
-"""Spark jobs: each module reads, applies pure ``transform_*`` functions, writes, and has a ``main()`` for spark-submit."""
