@@ -232,12 +232,7 @@ def write_table(
         return _merge(df, spec, uri, snapshot, keys or spec.keys, metadata, settings)
     staged_dir = _stage_name(settings, spec)
     files = _stage(df, spec, staged_dir, partitioned=True)
-    moved = _move_into_table(staged_dir, uri, files)
-    try:
-        return _commit(spec, uri, snapshot, moved, mode, partitions, metadata, settings)
-    except BaseException:
-        _delete_files(uri, [f.relative_path for f in moved])
-        raise
+    return _move_and_commit(staged_dir, files, spec, uri, snapshot, mode, partitions, metadata, settings)
 
 
 def merge_table(df: DataFrame, table: str | TableSpec, keys: Sequence[str] | None = None, **kwargs: Any) -> WriteResult:
@@ -359,6 +354,26 @@ def _move_into_table(staged_dir: str, uri: str, files: list[_StagedFile]) -> lis
     return moved
 
 
+def _move_and_commit(
+    staged_dir: str,
+    files: list[_StagedFile],
+    spec: TableSpec,
+    uri: str,
+    snapshot: DeltaTable | None,
+    mode: str,
+    partitions: Sequence[Mapping[str, Any]] | None,
+    metadata: dict[str, str],
+    settings: Settings,
+) -> WriteResult:
+    """Move the staged files into the table and commit them; if the commit fails, remove them again."""
+    moved = _move_into_table(staged_dir, uri, files)
+    try:
+        return _commit(spec, uri, snapshot, moved, mode, partitions, metadata, settings)
+    except BaseException:
+        _delete_files(uri, [f.relative_path for f in moved])
+        raise
+
+
 def _partition_filter(spec: TableSpec, partitions: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, Any]]:
     """The ``column IN (values)`` filter that delta-rs's overwrite takes (one partition column, no nulls)."""
     if len(spec.partition_by) != 1:
@@ -463,12 +478,7 @@ def _merge(
     staged_dir = _stage_name(settings, spec)
     files = _stage(df, spec, staged_dir, partitioned=True)
     if snapshot is None:  # nothing to merge into yet: the upsert is a plain create
-        moved = _move_into_table(staged_dir, uri, files)
-        try:
-            return _commit(spec, uri, None, moved, "overwrite", None, metadata, settings)
-        except BaseException:
-            _delete_files(uri, [f.relative_path for f in moved])
-            raise
+        return _move_and_commit(staged_dir, files, spec, uri, None, "overwrite", None, metadata, settings)
     try:
         predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
         touched = _distinct(f.partition_values for f in files if f.rows)

@@ -33,6 +33,12 @@ def parse_event_time(column: str | Column) -> Column:
     return F.coalesce(*(F.try_to_timestamp(text, F.lit(fmt)) for fmt in EVENT_TIME_FORMATS))
 
 
+def blank_to_null(column: str | Column) -> Column:
+    """Trimmed text, with empty strings as null: shops write "" and null for the same missing value."""
+    trimmed = F.trim(F.col(column) if isinstance(column, str) else column)
+    return F.when(trimmed == "", None).otherwise(trimmed)
+
+
 def csv_field_count(line: str | Column) -> Column:
     """How many fields a CSV line holds; the quote-aware split runs only on lines that contain a quote."""
     value = F.col(line) if isinstance(line, str) else line

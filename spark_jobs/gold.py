@@ -10,7 +10,7 @@ import argparse
 import datetime as dt
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
@@ -41,10 +41,10 @@ GOLD_TABLES = (INTERACTIONS, ITEM_SIMILARITY, CF_RECOMMENDATIONS, USER_FEATURES,
 @dataclass(frozen=True)
 class GoldResult:
     as_of_date: dt.date
-    rows: dict[str, int] = field(default_factory=dict)
-    versions: dict[str, int] = field(default_factory=dict)
-    matrix: dict[str, int] = field(default_factory=dict)
-    matrix_dir: Path | None = None
+    rows: dict[str, int]  # per gold table, rows written
+    versions: dict[str, int]  # per gold table, the Delta version written
+    matrix: dict[str, int]  # users, items and nonzeros of the exported interaction matrix
+    matrix_dir: Path
 
 
 def read_history(spark: SparkSession, as_of: AsOf, history_days: int) -> DataFrame:
@@ -64,11 +64,12 @@ def run_gold(
     settings = settings or get_settings()
     as_of = AsOf(as_of_date, computed_at)
     partition = [{"as_of_date": as_of_date}]
-    result = GoldResult(as_of_date)
+    rows: dict[str, int] = {}
+    versions: dict[str, int] = {}
 
     def write(df: DataFrame, table: TableSpec) -> DataFrame:
         written = storage.write_table(df, table, "overwrite_partitions", partitions=partition, run_id=run_id)
-        result.rows[table.name], result.versions[table.name] = written.rows, written.version
+        rows[table.name], versions[table.name] = written.rows, written.version
         return storage.read_table(spark, table).filter(F.col("as_of_date") == as_of_date)
 
     # Not cached: re-reading silver's Parquet is cheap, and cached blocks would hold back the memory that the
@@ -100,11 +101,11 @@ def run_gold(
     write(transform_user_features(events, as_of), USER_FEATURES)
     write(transform_item_features(events, as_of, prior_strength=settings.rate_prior_strength), ITEM_FEATURES)
     out = matrix_dir(settings, as_of_date)
-    result.matrix.update(export_matrix(interactions, out))
-    record_metrics(spark, run_id, "gold", {f"{name}_rows": rows for name, rows in result.rows.items()},
+    matrix = export_matrix(interactions, out)
+    record_metrics(spark, run_id, "gold", {f"{name}_rows": count for name, count in rows.items()},
                    recorded_at=computed_at, run_date=as_of_date)  # fmt: skip
-    log.info("gold as of %s: %s", as_of_date, result.rows)
-    return GoldResult(as_of_date, result.rows, result.versions, result.matrix, out)
+    log.info("gold as of %s: %s", as_of_date, rows)
+    return GoldResult(as_of_date, rows, versions, matrix, out)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

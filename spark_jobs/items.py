@@ -19,6 +19,7 @@ from shoplake import storage
 from shoplake.catalog import ITEMS
 from shoplake.errors import InputError
 from spark_jobs.bronze import file_format
+from spark_jobs.columns import blank_to_null
 
 CATALOG_COLUMNS = ("item_id", "title", "description", "category_code", "brand", "price", "attributes")
 CATALOG_SCHEMA = ", ".join(f"`{c}` STRING" for c in CATALOG_COLUMNS)
@@ -43,21 +44,17 @@ def read_catalog(spark: SparkSession, path: str) -> DataFrame:
     return spark.read.schema(CATALOG_SCHEMA).json(path)
 
 
-def _blank_to_null(column: str) -> F.Column:
-    return F.when(F.trim(F.col(column)) == "", None).otherwise(F.trim(F.col(column)))
-
-
 def transform_catalog(raw: DataFrame, updated_at: dt.datetime) -> DataFrame:
     """Type the catalogue into the ``items`` schema; ``item_id`` is null where it is not an integer."""
     return raw.select(
         F.col("item_id").try_cast("long").alias("item_id"),
-        _blank_to_null("title").alias("title"),
-        _blank_to_null("description").alias("description"),
+        blank_to_null("title").alias("title"),
+        blank_to_null("description").alias("description"),
         F.lit(None).cast("long").alias("category_id"),
-        F.lower(_blank_to_null("category_code")).alias("category_code"),
-        F.lower(_blank_to_null("brand")).alias("brand"),
+        F.lower(blank_to_null("category_code")).alias("category_code"),
+        F.lower(blank_to_null("brand")).alias("brand"),
         F.col("price").try_cast("double").alias("price"),
-        _blank_to_null("attributes").alias("attributes"),
+        blank_to_null("attributes").alias("attributes"),
         F.lit("catalog").alias("source"),
         F.lit(updated_at).cast("timestamp").alias("updated_at"),
     )

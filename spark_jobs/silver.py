@@ -31,7 +31,7 @@ from shoplake.catalog import BRONZE_EVENTS, QUARANTINE_EVENTS, RAW_EVENT_COLUMNS
 from shoplake.errors import ShoplakeError
 from shoplake.run_metrics import record_metrics
 from shoplake.settings import Settings, get_settings
-from spark_jobs.columns import EVENT_TYPE_SYNONYMS, parse_event_time
+from spark_jobs.columns import EVENT_TYPE_SYNONYMS, blank_to_null, parse_event_time
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,6 @@ class SilverResult:
     quarantine_version: int | None
 
 
-def _blank_to_null(column: Column) -> Column:
-    trimmed = F.trim(column)
-    return F.when(trimmed == "", None).otherwise(trimmed)
-
-
 def _seconds(column: Column) -> Column:
     return F.unix_micros(column) / 1_000_000
 
@@ -89,7 +84,7 @@ def transform_type(bronze: DataFrame, rules: SilverRules) -> DataFrame:
     raw_type = F.lower(F.trim(F.col("event_type")))
     event_type = F.try_element_at(synonyms, raw_type)
     event_time = parse_event_time("event_time")
-    user, product = _blank_to_null(F.col("user_id")), _blank_to_null(F.col("product_id"))
+    user, product = blank_to_null(F.col("user_id")), blank_to_null(F.col("product_id"))
     price = F.col("price").try_cast("double")
     priced = event_type.isin(*PRICED_TYPES)
     too_late = _seconds(F.col("ingested_at")) + rules.future_tolerance_hours * 3600
@@ -137,12 +132,12 @@ def transform_valid(typed: DataFrame) -> DataFrame:
         F.col("t_event_time").alias("event_time"),
         F.col("t_event_type").alias("event_type"),
         F.col("t_product_id").alias("product_id"),
-        _blank_to_null(F.col("category_id")).try_cast("long").alias("category_id"),
-        F.lower(_blank_to_null(F.col("category_code"))).alias("category_code"),
-        F.lower(_blank_to_null(F.col("brand"))).alias("brand"),
+        blank_to_null(F.col("category_id")).try_cast("long").alias("category_id"),
+        F.lower(blank_to_null(F.col("category_code"))).alias("category_code"),
+        F.lower(blank_to_null(F.col("brand"))).alias("brand"),
         F.col("t_price").alias("price"),
         F.col("t_user_id").alias("user_id"),
-        _blank_to_null(F.col("user_session")).alias("user_session"),
+        blank_to_null(F.col("user_session")).alias("user_session"),
         "source_file", "line_number", "file_checksum", "ingest_run_id",
         F.to_date("t_event_time").alias("event_date"),
     )  # fmt: skip
