@@ -166,28 +166,36 @@ def table_version(table: str | TableSpec) -> int | None:
 
 def partition_values(table: str | TableSpec) -> list[dict[str, str | None]]:
     """The distinct partitions of the latest version, read from the log (no data is scanned)."""
-    settings = get_settings()
     spec = get_table(table)
-    delta = _open(settings.table_uri(spec.name), settings)
-    if delta is None or not spec.partition_by:
+    latest = _latest_files(spec)
+    if latest is None or not spec.partition_by:
         return []
-    actions = pa.table(delta.get_add_actions(flatten=True)).to_pydict()
+    _, actions = latest
     columns = [actions[f"partition.{c}"] for c in spec.partition_by]
     rows = {tuple(None if v is None else str(v) for v in values) for values in zip(*columns, strict=True)}
     return [dict(zip(spec.partition_by, row, strict=True)) for row in sorted(rows, key=str)]
 
 
-def table_info(table: str | TableSpec) -> TableInfo | None:
+def _latest_files(spec: TableSpec) -> tuple[DeltaTable, dict[str, list[Any]]] | None:
+    """The latest snapshot and its data files' add actions (path, size, records, partition values), column-wise."""
     settings = get_settings()
-    spec = get_table(table)
-    uri = settings.table_uri(spec.name)
-    delta = _open(uri, settings)
+    delta = _open(settings.table_uri(spec.name), settings)
     if delta is None:
         return None
-    actions = pa.table(delta.get_add_actions(flatten=True)).to_pydict()
+    return delta, pa.table(delta.get_add_actions(flatten=True)).to_pydict()
+
+
+def table_info(table: str | TableSpec) -> TableInfo | None:
+    spec = get_table(table)
+    latest = _latest_files(spec)
+    if latest is None:
+        return None
+    delta, actions = latest
     rows = sum(n or 0 for n in actions.get("num_records", []))
     size = sum(actions.get("size_bytes", []))
-    return TableInfo(spec.name, uri, delta.version(), rows, len(actions.get("path", [])), size)
+    return TableInfo(
+        spec.name, get_settings().table_uri(spec.name), delta.version(), rows, len(actions.get("path", [])), size
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- writing

@@ -236,8 +236,9 @@ def run_silver(
         classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
         counts = {outcome: 0 for outcome in OUTCOMES}
         counts.update({r.outcome: r["count"] for r in classified.groupBy("outcome").count().collect()})
-        counts["quarantined"] = typed.filter(F.col("reason").isNotNull()).count()
-        bronze_rows = typed.count()
+        totals = typed.agg(F.count(F.lit(1)).alias("rows"), F.count("reason").alias("quarantined")).first()
+        assert totals is not None  # a global aggregate always has one row
+        bronze_rows, counts["quarantined"] = totals["rows"], totals["quarantined"]
 
         silver = transform_silver(classified.filter(F.col("outcome") == "kept"), rules, processed_at)
         written = storage.write_table(
