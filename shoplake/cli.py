@@ -152,6 +152,27 @@ def _gold(as_of: dt.date, run_id: str) -> None:
     typer.echo(f"interaction matrix (COO + id maps): {result.matrix_dir}")
 
 
+def _embed(run_id: str) -> None:
+    from shoplake.spark import get_spark
+    from spark_jobs.embed_items import run_embed
+
+    result = run_embed(get_spark("shoplake"), run_id=run_id, embedded_at=_now())
+    rate = f" at {result.items_per_second:,.0f} items/s" if result.embedded else ""
+    typer.echo(f"item_embeddings ({result.model}, dim {result.dim}): {result.embedded:,} items embedded{rate}, "
+               f"{result.unchanged:,} unchanged, {result.without_text:,} without any text (not embedded)")  # fmt: skip
+
+
+def _kg(as_of: dt.date, run_id: str) -> None:
+    from shoplake.spark import get_spark
+    from spark_jobs.knowledge_graph import run_knowledge_graph
+
+    result = run_knowledge_graph(get_spark("shoplake"), as_of, run_id=run_id, created_at=_now())
+    typer.echo("kg_nodes: " + ", ".join(f"{kind} {n:,}" for kind, n in result.nodes.items()))
+    typer.echo("kg_edges: " + ", ".join(f"{relation} {n:,}" for relation, n in result.edges.items()))
+    if result.similar_same_category_share is not None:
+        typer.echo(f"SIMILAR_TO pairs sharing a leaf category: {result.similar_same_category_share:.1%}")
+
+
 @app.command()
 @_clear_errors
 def ingest(events: EventsOption, items: ItemsOption = None, run_id: RunIdOption = None) -> None:
@@ -183,6 +204,25 @@ def gold(date: DateOption = None, run_id: RunIdOption = None) -> None:
 
     as_of = date.date() if date else _latest_silver_date()
     _gold(as_of, run_id or new_run_id("gold"))
+
+
+@app.command()
+@_clear_errors
+def embed(run_id: RunIdOption = None) -> None:
+    """Embed the items whose text or model changed since their last embedding (GPU when present, else CPU)."""
+    from spark_jobs.bronze import new_run_id
+
+    _embed(run_id or new_run_id("embed"))
+
+
+@app.command()
+@_clear_errors
+def kg(date: DateOption = None, run_id: RunIdOption = None) -> None:
+    """Rebuild the product knowledge graph; behaviour edges use silver up to --date (default: latest in silver)."""
+    from spark_jobs.bronze import new_run_id
+
+    as_of = date.date() if date else _latest_silver_date()
+    _kg(as_of, run_id or new_run_id("kg"))
 
 
 @app.command()
@@ -230,7 +270,10 @@ def pipeline(
     if not dates:
         raise ShoplakeError("the given files hold no event with a readable time; see quarantine_events")
     _silver(dates, run_id)
-    _gold(date.date() if date else _latest_silver_date(), run_id)
+    as_of = date.date() if date else _latest_silver_date()
+    _gold(as_of, run_id)
+    _embed(run_id)
+    _kg(as_of, run_id)
     settings = get_settings()
     typer.echo(f"\nrun {run_id} done. Outputs:")
     typer.echo(f"  lake (Delta tables): {settings.lake_root}")

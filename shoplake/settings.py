@@ -45,7 +45,22 @@ class Settings(BaseSettings):
     model_path: Path | None = Field(None, description="Local Hugging Face encoder dir; default all-MiniLM-L6-v2.")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     embed_batch_tokens: int = Field(131_072, ge=512, description="Token budget of one GPU batch.")
-    embed_cpu_batch_size: int = Field(64, ge=1)
+    embed_cpu_batch_size: int = Field(64, ge=1, description="Rows of one CPU batch (length-sorted).")
+    embed_compile_min_items: int = Field(
+        50_000, ge=1, description="torch.compile the model for runs this large (compiling takes ~20 s)."
+    )
+    embed_on: Literal["driver", "executors"] = Field(
+        "driver", description="driver: one process (the GPU task); executors: one model per Spark executor."
+    )
+
+    # knowledge graph
+    kg_similar_top_k: int = Field(20, gt=0, description="SIMILAR_TO neighbours kept per item.")
+    kg_min_similarity: float = Field(0.5, ge=-1, le=1, description="SIMILAR_TO needs at least this cosine.")
+    kg_block_mb: int = Field(512, gt=0, description="Memory for one block of scores in the exact top-K search.")
+    kg_behaviour_min_support: int = Field(2, ge=1, description="Sessions that must show a behaviour edge.")
+    kg_behaviour_top_k: int = Field(20, gt=0, description="Behaviour edges kept per item and relation.")
+    concept_threshold: float = Field(0.30, ge=-1, le=1, description="HAS_CONCEPT needs at least this cosine.")
+    concept_max_per_item: int = Field(3, gt=0)
 
     event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     half_life_days: float = Field(14.0, gt=0, description="Implicit-score decay: weight halves every this many days.")

@@ -8,6 +8,8 @@ Parquet is written with microsecond UTC timestamps because that is what the Delt
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import TYPE_CHECKING
 
 from shoplake.settings import Settings, get_settings
@@ -49,6 +51,10 @@ def get_spark(app_name: str = "shoplake", settings: Settings | None = None) -> S
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if settings.spark_master.startswith("local"):
+        # Python workers (mapInArrow: embeddings on executors) must run this interpreter, not the system's python3.
+        # PySpark reads only the environment for it; on a cluster, spark.pyspark.python names the executors' one.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     if settings.spark_master.startswith("sc://"):
         builder = builder.remote(settings.spark_master)

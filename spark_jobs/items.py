@@ -80,20 +80,6 @@ def land_catalog(spark: SparkSession, path: str, *, run_id: str, updated_at: dt.
     return storage.merge_table(items, ITEMS, run_id=run_id)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    from shoplake.spark import get_spark
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path")
-    parser.add_argument("--run-id", default="items")
-    args = parser.parse_args(argv)
-    print(land_catalog(get_spark("items"), args.path, run_id=args.run_id, updated_at=dt.datetime.now(dt.UTC)))
-
-
-if __name__ == "__main__":
-    main()
-
-
 def transform_items_from_events(events: DataFrame, updated_at: dt.datetime) -> DataFrame:
     """Items as the events describe them: each product's latest known category, brand and price."""
 
@@ -122,3 +108,17 @@ def refresh_items_from_events(
         from_catalog = storage.read_table(spark, ITEMS).filter(F.col("source") == "catalog").select("item_id")
         derived = derived.join(from_catalog, on="item_id", how="left_anti")
     return storage.merge_table(derived, ITEMS, run_id=run_id)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from shoplake.spark import get_spark
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path")
+    parser.add_argument("--run-id", default="items")
+    args = parser.parse_args(argv)
+    print(land_catalog(get_spark("items"), args.path, run_id=args.run_id, updated_at=dt.datetime.now(dt.UTC)))
+
+
+if __name__ == "__main__":
+    main()

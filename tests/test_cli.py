@@ -39,8 +39,20 @@ def test_pipeline_on_the_sample_fills_every_stage_and_prints_where_outputs_are(s
     table_lines = [line.split() for line in result.output.splitlines()[-len(TABLES) :]]
     listed = {words[0]: words[2] for words in table_lines}
     for table in ("quarantine_events", "silver_events", "interactions", "item_similarity", "cf_recommendations",
-                  "user_features", "item_features", "items"):  # fmt: skip
+                  "user_features", "item_features", "items", "item_embeddings", "kg_nodes", "kg_edges"):  # fmt: skip
         assert listed[table] not in ("-", "0"), table
+    assert "item_embeddings (all-MiniLM-L6-v2, dim 384): 5,657 items embedded" in result.output
+    assert "836 without any text (not embedded)" in result.output
+    assert "SIMILAR_TO pairs sharing a leaf category:" in result.output
+
+
+def test_embed_and_kg_commands_rerun_incrementally(spark, lake):
+    assert runner.invoke(app, ["pipeline", "--events", str(SAMPLE_EVENTS)]).exit_code == 0
+    result = runner.invoke(app, ["embed"])
+    assert result.exit_code == 0, result.output
+    assert ": 0 items embedded, 5,657 unchanged" in result.output
+    result = runner.invoke(app, ["kg", "--date", "2019-10-01"])
+    assert result.exit_code == 0 and "kg_edges: " in result.output
 
 
 def test_silver_and_gold_commands_take_dates(spark, lake):

@@ -1,0 +1,170 @@
+"""Item texts, the encoder against sentence-transformers, and the incremental embedding job."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from shoplake import storage
+from shoplake.catalog import ITEM_EMBEDDINGS, ITEMS
+from shoplake.encoder import ModelSpec, TextEncoder, default_model_path, pack_batches, resolve_device
+from shoplake.errors import ShoplakeError
+from spark_jobs.embed_items import MAX_DESCRIPTION_CHARS, run_embed, transform_item_texts
+
+AT = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+HUGE = "word " * 200_000  # a 1 MB description
+AWKWARD_TEXTS = [
+    "Sony wireless headphones. brand: sony. category: electronics > audio > headphone",
+    "🎁🧸 gift box for kids 🎉",
+    "מכונת קפה אוטומטית עם מטחנה",  # right-to-left
+    "无线蓝牙耳机 降噪",  # CJK
+    "x",
+    HUGE,
+]
+
+
+def item(item_id, title=None, description=None, category_code=None, brand=None, attributes=None, price=9.5):
+    return (item_id, title, description, None, category_code, brand, price, attributes, "catalog", AT)
+
+
+def write_items(spark, rows):
+    storage.merge_table(spark.createDataFrame(rows, ITEMS.schema), ITEMS, run_id="test")
+
+
+def test_item_text_reads_like_a_product_and_leaves_price_out(spark):
+    rows = [
+        item(1, "Tefal Kettle 1.7 l", "Boils  fast.\nAuto off.", "appliances.kitchen.water_heater", "tefal",
+             json.dumps({"watts": 2200, "colour": "white"}), price=29.9),
+        item(2, brand="shiseido", category_code="beauty.skincare"),
+        item(3),
+        item(4, title="Mug", attributes="not json"),
+    ]  # fmt: skip
+    got = {r.item_id: r for r in transform_item_texts(spark.createDataFrame(rows, ITEMS.schema)).collect()}
+    expected = (
+        "Tefal Kettle 1.7 l. brand: tefal. category: appliances > kitchen > water heater. Boils fast. Auto off.. "
+        "colour: white, watts: 2200"
+    )
+    assert got[1].text == expected
+    assert got[1].content_hash == hashlib.sha256(expected.encode()).hexdigest()
+    assert got[2].text == "brand: shiseido. category: beauty > skincare"
+    assert got[3].text == ""  # nothing known: reported by the job, not embedded
+    assert got[4].text == "Mug"  # an attribute value that is not a JSON object adds nothing
+
+
+def test_huge_and_unusual_descriptions_become_bounded_texts(spark):
+    rows = [item(i, title=f"t{i}", description=text) for i, text in enumerate(AWKWARD_TEXTS)]
+    got = {r.item_id: r.text for r in transform_item_texts(spark.createDataFrame(rows, ITEMS.schema)).collect()}
+    assert len(got[5]) <= MAX_DESCRIPTION_CHARS + 10
+    assert got[1] == "t1. 🎁🧸 gift box for kids 🎉"
+    assert got[2].endswith("מכונת קפה אוטומטית עם מטחנה") and got[3].endswith("无线蓝牙耳机 降噪")
+
+
+def test_the_encoder_matches_sentence_transformers_on_cpu():
+    from sentence_transformers import SentenceTransformer
+
+    texts = [*AWKWARD_TEXTS, "", AWKWARD_TEXTS[0]]  # an empty text and a repeat, too
+    ours = TextEncoder(device="cpu").encode(texts)
+    reference = SentenceTransformer(str(default_model_path()), device="cpu").encode(texts)
+    assert ours.shape == (len(texts), 384) and ours.dtype == np.float32
+    cosine = (ours * reference).sum(axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() >= 0.999
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_the_default_model_is_read_from_its_sentence_transformers_config():
+    spec = ModelSpec.from_path(None)
+    assert (spec.name, spec.dim, spec.max_seq_length, spec.pooling, spec.normalize) == (
+        "all-MiniLM-L6-v2", 384, 256, "mean", True,
+    )  # fmt: skip
+
+
+def test_a_folder_without_a_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ShoplakeError, match="not a Hugging Face model folder"):
+        ModelSpec.from_path(tmp_path)
+
+
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ShoplakeError, match="no CUDA GPU"):
+        resolve_device("cuda")
+
+
+def test_batches_respect_the_token_budget_and_cover_every_text_once():
+    ids = [[1] * n for n in (5, 1, 9, 3, 3, 7, 2, 8)]
+    batches = list(pack_batches(ids, 100, max_tokens=16, max_rows=3))
+    positions = np.concatenate([b.positions for b in batches])
+    assert sorted(positions.tolist()) == list(range(100, 108))
+    for batch in batches:
+        rows, width = batch.input_ids.shape
+        assert rows <= 3 and (rows == 1 or rows * width <= 16)
+        assert batch.attention_mask.sum(axis=1).tolist() == [len(ids[p - 100]) for p in batch.positions]
+    # length-sorted: each batch's rows are no longer than the next batch's shortest
+    widths = [b.input_ids.shape[1] for b in batches]
+    assert widths == sorted(widths)
+
+
+def test_embedding_is_incremental(spark, lake):
+    write_items(spark, [
+        item(1, "Lego police station", category_code="kids.toys", brand="lego"),
+        item(2, "Sony headphones", category_code="electronics.audio.headphone", brand="sony"),
+        item(3),  # no text at all
+    ])  # fmt: skip
+    first = run_embed(spark, run_id="r1", embedded_at=AT)
+    assert (first.embedded, first.unchanged, first.without_text, first.dim) == (2, 0, 1, 384)
+    rows = {r.item_id: r for r in storage.read_table(spark, ITEM_EMBEDDINGS).collect()}
+    assert set(rows) == {1, 2}
+    assert rows[1].model == "all-MiniLM-L6-v2" and len(rows[1].embedding) == 384
+    assert abs(float(np.linalg.norm(rows[1].embedding)) - 1) < 1e-5
+
+    again = run_embed(spark, run_id="r2", embedded_at=AT + dt.timedelta(days=1))
+    assert (again.embedded, again.unchanged, again.version) == (0, 2, None)
+
+    write_items(spark, [item(2, "Sony noise-cancelling headphones", category_code="electronics.audio.headphone",
+                             brand="sony", price=99.0)])  # fmt: skip
+    write_items(spark, [item(1, "Lego police station", category_code="kids.toys", brand="lego", price=1.0)])
+    changed = run_embed(spark, run_id="r3", embedded_at=AT + dt.timedelta(days=2))
+    assert (changed.embedded, changed.unchanged) == (1, 1)  # a new price alone does not re-embed item 1
+    latest = {r.item_id: r.embedded_at for r in storage.read_table(spark, ITEM_EMBEDDINGS).collect()}
+    assert latest == {1: dt.datetime(2026, 1, 1), 2: dt.datetime(2026, 1, 3)}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A small random BERT with MiniLM's tokenizer, saved as a local model folder."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)  # fmt: skip
+    BertModel(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(default_model_path() / name, folder / name)
+    return folder
+
+
+def test_executors_and_driver_give_the_same_vectors(spark, lake, tiny_bert, monkeypatch):
+    from shoplake.settings import get_settings
+
+    write_items(spark, [item(i, f"product number {i}", category_code="kids.toys") for i in range(1, 40)])
+    monkeypatch.setenv("SHOPLAKE_MODEL_PATH", str(tiny_bert))
+    monkeypatch.setenv("SHOPLAKE_EMBED_ON", "executors")
+    get_settings.cache_clear()
+    result = run_embed(spark, run_id="r", embedded_at=AT)
+    assert (result.model, result.dim, result.embedded) == ("tiny-bert0", 32, 39)
+    on_executors = {r.item_id: r.embedding for r in storage.read_table(spark, ITEM_EMBEDDINGS).collect()}
+
+    texts = [f"product number {i}. category: kids > toys" for i in range(1, 40)]
+    on_driver = TextEncoder(tiny_bert, device="cpu").encode(texts)
+    np.testing.assert_allclose(np.array([on_executors[i] for i in range(1, 40)]), on_driver, atol=1e-5)
