@@ -28,7 +28,7 @@ test: install ## Run the test suite (pytest's "no tests collected" counts as a p
 
 lint: install ## ruff and mypy
 	$(BIN)/ruff check .
-	$(BIN)/mypy shoplake spark_jobs
+	$(BIN)/mypy shoplake spark_jobs expectations
 
 bench: install ## Run the benchmarks under bench/ (each against its baseline, results in bench/results/)
 	$(BIN)/python -m bench.storage_write --rows 2000000

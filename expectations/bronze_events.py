@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
+from great_expectations.expectations.metadata_types import FailureSeverity
 
 from shoplake.catalog import BRONZE_EVENTS, RAW_EVENT_COLUMNS
 from spark_jobs.columns import KNOWN_RAW_EVENT_TYPES
 
 UNKNOWN_EVENT_TYPE_CEILING = 0.01  # above 1% unknown event types, people should look
+
+WARNING = FailureSeverity.WARNING
 
 suite = gx.ExpectationSuite(
     name=BRONZE_EVENTS.name,
@@ -23,7 +26,7 @@ suite = gx.ExpectationSuite(
             column="event_type",
             value_set=sorted(KNOWN_RAW_EVENT_TYPES),
             mostly=1 - UNKNOWN_EVENT_TYPE_CEILING,
-            severity="warning",
+            severity=WARNING,
         ),
     ],
 )

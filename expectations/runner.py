@@ -1,16 +1,23 @@
 """Validate a Spark DataFrame against a suite with GX's Spark data source: metrics are computed by Spark, so a
 table is never collected to pandas. Each expectation carries GX's own ``severity``: a failed critical one fails
 the suite, a failed warning is reported and the suite still passes.
+
+With ``docs_dir`` the validation runs as a GX Checkpoint in a file-backed context (``$SHOPLAKE_HOME/gx``), so its
+result is stored and rendered into the Data Docs site at ``docs_dir``; without, in a throwaway context.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import great_expectations as gx
     from pyspark.sql import DataFrame
+
+SITE = "shoplake"
+SAMPLE_SIZE = 5
 
 
 @dataclass(frozen=True)
@@ -22,9 +29,15 @@ class ExpectationOutcome:
     observed: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
-        where = f" on column {self.column!r}" if self.column else ""
-        sample = self.observed.get("partial_unexpected_list") or self.observed.get("observed_value")
-        return f"{self.expectation}{where} ({self.severity}) failed; observed: {sample!r}"
+        kwargs_column = self.column or self.observed.get("columns")
+        where = f" on {kwargs_column!r}" if kwargs_column else ""
+        rows = self.observed.get("partial_unexpected_index_list")
+        sample = rows[:SAMPLE_SIZE] if rows else None
+        if sample is None:
+            sample = self.observed.get("partial_unexpected_list") or self.observed.get("observed_value")
+        count = self.observed.get("unexpected_count")
+        counted = f"{count:,} rows, " if count else ""
+        return f"{self.expectation}{where} ({self.severity}) failed; {counted}sample: {sample!r}"
 
 
 @dataclass(frozen=True)
@@ -40,24 +53,111 @@ class SuiteOutcome:
         return [o for o in self.outcomes if not o.success and o.severity == severity]
 
 
-def run_suite(df: DataFrame, suite: gx.ExpectationSuite) -> SuiteOutcome:
-    """Validate ``df`` against ``suite`` in an ephemeral GX context built for this call."""
+def fresh_copy(suite: gx.ExpectationSuite) -> gx.ExpectationSuite:
+    """The suite modules' values are shared; a GX context stamps ids on what it stores, so it gets a copy."""
     import great_expectations as gx
 
-    context = gx.get_context(mode="ephemeral")
-    asset = context.data_sources.add_spark(name="shoplake").add_dataframe_asset(name=suite.name)
-    batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": df})
-    result = batch.validate(suite, result_format="SUMMARY")
+    return gx.ExpectationSuite(
+        name=suite.name, expectations=[e.copy(update={"id": None}, deep=True) for e in suite.expectations]
+    )
+
+
+def run_suite(
+    df: DataFrame,
+    suite: gx.ExpectationSuite,
+    *,
+    docs_dir: Path | None = None,
+    context_root: Path | None = None,
+    run_name: str | None = None,
+    keys: list[str] | None = None,
+) -> SuiteOutcome:
+    """Validate ``df``; ``keys`` name the columns that identify an offending row in failure samples."""
+    import great_expectations as gx
+
+    result_format: dict[str, Any] = {"result_format": "SUMMARY"}
+    if keys:
+        result_format["unexpected_index_column_names"] = [k for k in keys if k in df.columns]
+    suite = fresh_copy(suite)
+    if docs_dir is None:
+        context = gx.get_context(mode="ephemeral")
+        _quiet(context)
+        asset = context.data_sources.add_spark(name=SITE).add_dataframe_asset(name=suite.name)
+        batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": df})
+        return _outcome(suite.name, batch.validate(suite, result_format=result_format))
+
+    context = _file_context(context_root or docs_dir.parent.parent / "gx", docs_dir)
+    suite = context.suites.add_or_update(suite)
+    source = context.data_sources.add_or_update_spark(name=SITE)
+    assets = {a.name: a for a in source.assets}
+    asset = assets[suite.name] if suite.name in assets else source.add_dataframe_asset(suite.name)
+    batches = {b.name: b for b in asset.batch_definitions}
+    batch_definition = batches.get("whole") or asset.add_batch_definition_whole_dataframe("whole")
+    validation = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=suite.name, data=batch_definition, suite=suite)
+    )
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=suite.name,
+            validation_definitions=[validation],
+            actions=[UpdateDataDocsAction(name="data_docs", site_names=[SITE])],
+            result_format=result_format,
+        )
+    )
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    result = checkpoint.run(batch_parameters={"dataframe": df}, run_id=RunIdentifier(run_name=run_name))
+    (validation_result,) = result.run_results.values()
+    return _outcome(suite.name, validation_result)
+
+
+def _file_context(root: Path, docs_dir: Path) -> Any:
+    """A file-backed GX context whose only Data Docs site writes to ``docs_dir``."""
+    import great_expectations as gx
+
+    root.mkdir(parents=True, exist_ok=True)
+    context = gx.get_context(mode="file", project_root_dir=str(root))
+    _quiet(context)
+    sites = context.list_data_docs_sites()
+    if set(sites) != {SITE} or sites[SITE]["store_backend"]["base_directory"] != str(docs_dir):
+        for name in list(sites):
+            context.delete_data_docs_site(name)
+        context.add_data_docs_site(
+            site_name=SITE,
+            site_config={
+                "class_name": "SiteBuilder",
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            },
+        )
+    return context
+
+
+def _quiet(context: Any) -> None:
+    """No per-metric progress bars in logs (Airflow task logs would fill with them)."""
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+
+
+def _outcome(name: str, result: Any) -> SuiteOutcome:
     outcomes = []
     for item in result.results:
         config = item.expectation_config
         outcomes.append(
             ExpectationOutcome(
                 expectation=config.type,
-                column=config.kwargs.get("column"),
+                column=config.kwargs.get("column") or config.kwargs.get("column_list") or _pair(config.kwargs),
                 severity=str(getattr(config, "severity", None) or "critical").split(".")[-1].lower(),
                 success=bool(item.success),
                 observed=dict(item.result or {}),
             )
         )
-    return SuiteOutcome(suite.name, tuple(outcomes))
+    return SuiteOutcome(name, tuple(outcomes))
+
+
+def _pair(kwargs: dict[str, Any]) -> str | None:
+    if "column_A" in kwargs:
+        return f"{kwargs['column_A']} vs {kwargs['column_B']}"
+    return None

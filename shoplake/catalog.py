@@ -190,11 +190,18 @@ RUN_METRICS = TableSpec(
     description="One row per measured fact of a run: row counts, reconciliation, quality and evaluation results.",
 )  # fmt: skip
 
+PUBLISHED_VERSIONS = TableSpec(
+    "published_versions", "ops",
+    _fields(("table_name", S), ("version", L), ("run_id", S), ("run_date", DT), ("published_at", TS)),
+    keys=("table_name", "version"),
+    description="Table versions that passed their quality gate; feature serving reads these, never just the latest.",
+)  # fmt: skip
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
         BRONZE_EVENTS, QUARANTINE_EVENTS, SILVER_EVENTS, INTERACTIONS, ITEM_SIMILARITY, CF_RECOMMENDATIONS,
-        USER_FEATURES, ITEM_FEATURES, ITEMS, ITEM_EMBEDDINGS, KG_NODES, KG_EDGES, RUN_METRICS,
+        USER_FEATURES, ITEM_FEATURES, ITEMS, ITEM_EMBEDDINGS, KG_NODES, KG_EDGES, RUN_METRICS, PUBLISHED_VERSIONS,
     )
 }  # fmt: skip
 

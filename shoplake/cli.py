@@ -39,6 +39,7 @@ def _clear_errors(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it logs whole configs at INFO
         try:
             return command(*args, **kwargs)
         except ShoplakeError as error:
@@ -101,6 +102,10 @@ def _ingest(events: list[Path], items_path: Path | None, run_id: str) -> tuple[s
     landed = bronze.land_event_files(spark, paths, run_id=run_id, ingested_at=_now())
     typer.echo(f"bronze_events: {landed.rows_landed:,} rows from {len(landed.files_landed)} new files "
                f"({len(landed.files_already_landed)} already landed), version {landed.version}")  # fmt: skip
+    if landed.version is not None and landed.rows_landed:
+        from expectations.stages import validate_bronze
+
+        _print_quality(validate_bronze(spark, landed.version, ingest_run_id=landed.run_id, run_id=run_id, at=_now()))
     if items_path is not None:
         result = items.land_catalog(spark, str(items_path), run_id=run_id, updated_at=_now())
         typer.echo(f"items: {result.rows:,} catalogue rows merged, version {result.version}")
@@ -123,14 +128,20 @@ def _date_range(date: dt.datetime | None, start: dt.datetime | None, end: dt.dat
 
 
 def _silver(dates: list[dt.date], run_id: str) -> None:
+    from expectations.stages import validate_silver
     from shoplake.spark import get_spark
     from spark_jobs.silver import run_silver
 
-    result = run_silver(get_spark("shoplake"), dates, run_id=run_id, processed_at=_now())
+    spark = get_spark("shoplake")
+    result = run_silver(spark, dates, run_id=run_id, processed_at=_now())
     c = result.counts
     typer.echo(f"silver_events {dates[0]}..{dates[-1]}: {c['kept']:,} kept of {result.bronze_rows:,} bronze rows "
                f"({c['exact_duplicate']:,} exact duplicates, {c['collapsed']:,} repeats collapsed, "
                f"{c['quarantined']:,} quarantined)")  # fmt: skip
+    share = c["quarantined"] / result.bronze_rows if result.bronze_rows else 0.0
+    _print_quality(
+        validate_silver(spark, result.silver_version, dates, quarantine_share=share, run_id=run_id, at=_now())
+    )
 
 
 def _latest_silver_date() -> dt.date:
@@ -144,12 +155,19 @@ def _latest_silver_date() -> dt.date:
 
 
 def _gold(as_of: dt.date, run_id: str) -> None:
+    from expectations.stages import validate_gold
+    from shoplake.settings import get_settings
     from shoplake.spark import get_spark
-    from spark_jobs.gold import run_gold
+    from spark_jobs.gold import read_history, run_gold
+    from spark_jobs.interactions import AsOf
 
-    result = run_gold(get_spark("shoplake"), as_of, run_id=run_id, computed_at=_now())
+    spark = get_spark("shoplake")
+    now = _now()
+    result = run_gold(spark, as_of, run_id=run_id, computed_at=now)
     typer.echo(f"gold as of {as_of}: " + ", ".join(f"{name} {rows:,}" for name, rows in result.rows.items()))
     typer.echo(f"interaction matrix (COO + id maps): {result.matrix_dir}")
+    history = read_history(spark, AsOf(as_of, now), get_settings().history_days)
+    _print_quality(validate_gold(spark, result.versions, as_of, history=history, run_id=run_id, at=_now()))
 
 
 def _embed(run_id: str) -> None:
@@ -163,14 +181,30 @@ def _embed(run_id: str) -> None:
 
 
 def _kg(as_of: dt.date, run_id: str) -> None:
+    from expectations.stages import validate_embeddings_and_graph
+    from shoplake.encoder import ModelSpec
+    from shoplake.settings import get_settings
     from shoplake.spark import get_spark
     from spark_jobs.knowledge_graph import run_knowledge_graph
 
-    result = run_knowledge_graph(get_spark("shoplake"), as_of, run_id=run_id, created_at=_now())
+    spark = get_spark("shoplake")
+    result = run_knowledge_graph(spark, as_of, run_id=run_id, created_at=_now())
     typer.echo("kg_nodes: " + ", ".join(f"{kind} {n:,}" for kind, n in result.nodes.items()))
     typer.echo("kg_edges: " + ", ".join(f"{relation} {n:,}" for relation, n in result.edges.items()))
     if result.similar_same_category_share is not None:
         typer.echo(f"SIMILAR_TO pairs sharing a leaf category: {result.similar_same_category_share:.1%}")
+    spec = ModelSpec.from_path(get_settings().model_path)
+    _print_quality(validate_embeddings_and_graph(spark, model=spec.name, dim=spec.dim, run_id=run_id, at=_now(),
+                                                 run_date=as_of))  # fmt: skip
+
+
+def _print_quality(results: list[Any]) -> None:
+    """One line per validated table: passed (with warnings) and the version now published."""
+    for result in results:
+        warnings = result.outcome.failures("warning")
+        note = f", {len(warnings)} warnings" if warnings else ""
+        typer.echo(f"  quality: {result.table} v{result.version} passed {len(result.outcome.outcomes)} "
+                   f"expectations{note}; published")  # fmt: skip
 
 
 @app.command()
@@ -227,6 +261,38 @@ def kg(date: DateOption = None, run_id: RunIdOption = None) -> None:
 
 @app.command()
 @_clear_errors
+def quality(runs: Annotated[int, typer.Option(help="How many recent runs to show.")] = 5) -> None:
+    """Quality verdicts of recent runs per table, and where the Data Docs are."""
+    import json
+
+    from pyspark.sql import functions as F
+
+    from expectations.gate import data_docs_dir, write_run_history
+    from shoplake import storage
+    from shoplake.catalog import RUN_METRICS
+    from shoplake.spark import get_spark
+
+    if storage.table_version(RUN_METRICS) is None:
+        raise ShoplakeError("no run has been validated yet: run `shoplake pipeline` first")
+    spark = get_spark("shoplake")
+    rows = (storage.read_table(spark, RUN_METRICS).filter(F.col("stage") == "quality")
+            .orderBy(F.desc("recorded_at")).collect())  # fmt: skip
+    recent = list(dict.fromkeys(r.run_id for r in rows))[:runs]
+    for run_id in recent:
+        typer.echo(f"run {run_id}")
+        for r in (r for r in rows if r.run_id == run_id):
+            detail = json.loads(r.details or "{}")
+            verdict = "passed" if r.value >= 1 else "FAILED"
+            typer.echo(f"  {r.metric:<18} v{detail.get('version', '?'):<5} {verdict}")
+            for line in detail.get("critical_failures", []) + detail.get("warnings", []):
+                typer.echo(f"      {line}")
+    history = write_run_history(spark)
+    typer.echo(f"Data Docs:   {data_docs_dir() / 'index.html'}")
+    typer.echo(f"run history: {history}")
+
+
+@app.command()
+@_clear_errors
 def tables() -> None:
     """Each table's Delta version, rows, files and size."""
     from shoplake import storage
@@ -278,6 +344,10 @@ def pipeline(
     typer.echo(f"\nrun {run_id} done. Outputs:")
     typer.echo(f"  lake (Delta tables): {settings.lake_root}")
     typer.echo(f"  reports:             {settings.reports_dir}")
+    typer.echo(
+        f"  Data Docs:           {settings.reports_dir / 'data_docs' / 'index.html'} "
+        f"(run history: {settings.reports_dir / 'data_docs' / 'runs.html'})"
+    )
     tables()
 
 

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     bot_window_seconds: int = Field(300, gt=0, description="Window over which a bot's sustained rate is measured.")
     bot_max_events_per_window: int = Field(150, gt=0, description="More events than this in one window: a bot.")
 
+    quality_max_quarantine_share: float = Field(
+        0.05, ge=0, le=1, description="Silver's gate fails when more of a run's bronze rows are quarantined."
+    )
+
     # gold features
     history_days: int = Field(90, gt=0, description="How far back gold features look from the run date.")
     similarity_top_k: int = Field(50, gt=0, description="Neighbours kept per item.")

@@ -44,15 +44,34 @@ def test_pipeline_on_the_sample_fills_every_stage_and_prints_where_outputs_are(s
     assert "item_embeddings (all-MiniLM-L6-v2, dim 384): 5,657 items embedded" in result.output
     assert "836 without any text (not embedded)" in result.output
     assert "SIMILAR_TO pairs sharing a leaf category:" in result.output
+    for table in ("bronze_events", "silver_events", "interactions", "user_features", "item_features",
+                  "item_embeddings", "kg_nodes", "kg_edges"):  # fmt: skip
+        assert f"quality: {table} v0 passed" in result.output, table
+    assert (lake / "reports" / "data_docs" / "index.html").is_file()
 
 
-def test_embed_and_kg_commands_rerun_incrementally(spark, lake):
+def test_embed_and_kg_commands_rerun_incrementally_and_a_failed_gate_keeps_the_last_good_version(
+    spark, lake, monkeypatch
+):
     assert runner.invoke(app, ["pipeline", "--events", str(SAMPLE_EVENTS)]).exit_code == 0
     result = runner.invoke(app, ["embed"])
     assert result.exit_code == 0, result.output
     assert ": 0 items embedded, 5,657 unchanged" in result.output
     result = runner.invoke(app, ["kg", "--date", "2019-10-01"])
     assert result.exit_code == 0 and "kg_edges: " in result.output
+
+    from expectations.gate import published_version
+    from shoplake.settings import get_settings
+
+    monkeypatch.setenv("SHOPLAKE_QUALITY_MAX_QUARANTINE_SHARE", "0")  # the sample's truncated line now fails silver
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["silver", "--date", "2019-10-01"])
+    assert result.exit_code == 2
+    assert "quality gate failed, nothing published" in result.output
+    assert "silver_events v1: expect_column_pair_values_a_to_be_greater_than_b" in result.output
+    assert published_version(spark, "silver_events") == 0
+    result = runner.invoke(app, ["quality"])
+    assert result.exit_code == 0 and "FAILED" in result.output and "runs.html" in result.output
 
 
 def test_silver_and_gold_commands_take_dates(spark, lake):

@@ -1,0 +1,46 @@
+"""Silver events: the keys every later stage joins on are present, each event is there once, purchases have a
+price, times fall inside the dates the run rebuilt, and the quarantine stays below a ceiling (a sudden jump means
+the shop changed its export, which people must look at before features move).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from shoplake.catalog import SILVER_EVENTS
+
+suite = gx.ExpectationSuite(
+    name=SILVER_EVENTS.name,
+    expectations=[
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("user_id", "product_id", "event_time", "session_id")),
+        gxe.ExpectColumnValuesToBeUnique(column="event_id"),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="event_type", value_set=["view", "cart", "remove_from_cart", "purchase"]
+        ),
+        gxe.ExpectColumnValuesToBeInSet(column="purchase_has_price", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="inside_run_window", value_set=[True]),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="quarantine_ceiling", column_B="quarantine_share", or_equal=True
+        ),
+    ],
+)
+
+
+def prepare(
+    events: DataFrame, *, first: dt.date, last: dt.date, quarantine_share: float, quarantine_ceiling: float
+) -> DataFrame:
+    """Silver rows of the run's dates with the audit columns the suite checks."""
+    is_purchase = F.col("event_type") == "purchase"
+    in_window = F.to_date("event_time").between(first, last) & (F.col("event_date") == F.to_date("event_time"))
+    return events.filter(F.col("event_date").between(first, last)).select(
+        "event_id", "event_type", "user_id", "product_id", "event_time", "session_id", "price",
+        (~is_purchase | (F.col("price") > 0)).alias("purchase_has_price"),
+        in_window.alias("inside_run_window"),
+        F.lit(quarantine_share).alias("quarantine_share"),
+        F.lit(quarantine_ceiling).alias("quarantine_ceiling"),
+    )  # fmt: skip
