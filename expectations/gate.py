@@ -3,9 +3,10 @@
 ``audit`` validates one table version with its suite (through GX's Spark data source, in a file-backed GX
 context under ``$SHOPLAKE_HOME/gx`` so every result lands in the Data Docs site), records a JSON summary in
 ``run_metrics`` and returns the outcome. ``publish`` records versions in ``published_versions``; readers that
-serve features (Feast) read ``published_version(table)``, never simply the latest. ``audit_and_publish`` does
-both for a stage, and on a critical failure publishes nothing and raises ``QualityGateError`` naming the table,
-the expectation and a sample of offending rows — the previously published versions keep serving.
+serve features (Feast) read ``published_version(table)``. ``audit_and_publish`` does both for a stage; on a critical failure it publishes
+nothing, restores the stage's tables to their last published contents (the failed version stays in the Delta
+history) and raises ``QualityGateError`` naming the table, the expectation and a sample of offending rows — so
+the previously published versions keep serving, to Feast and to the next stage alike.
 """
 
 from __future__ import annotations
@@ -77,8 +78,14 @@ def audit(
     run_date: dt.date | None = None,
 ) -> AuditResult:
     """Validate ``version`` of the table; record the outcome; build its page in the Data Docs."""
-    df = check.prepare(storage.read_table(spark, check.table, version=version))
-    outcome = run_suite(df, check.suite, docs_dir=data_docs_dir(), run_name=run_id, keys=list(check.table.keys))
+    from pyspark import StorageLevel
+
+    # GX computes each metric as its own Spark job: read and prepare the version once, not once per metric.
+    df = check.prepare(storage.read_table(spark, check.table, version=version)).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        outcome = run_suite(df, check.suite, docs_dir=data_docs_dir(), run_name=run_id, keys=list(check.table.keys))
+    finally:
+        df.unpersist()
     result = AuditResult(check.table.name, version, outcome)
     record_metrics(
         spark, run_id, "quality", {check.table.name: 1.0 if outcome.passed else 0.0},
@@ -133,22 +140,41 @@ def audit_and_publish(
     write_run_history(spark)
     failed = [r for r in results if not r.outcome.passed]
     if failed:
-        raise QualityGateError(_failure_message(failed))
+        restored = _restore_published(spark, [r.table for r in results])
+        raise QualityGateError(_failure_message(failed, restored))
     publish(spark, {r.table: r.version for r in results}, run_id=run_id, published_at=at, run_date=run_date)
     log.info("published %s", {r.table: r.version for r in results})
     return results
 
 
-def _failure_message(failed: list[AuditResult]) -> str:
+def _restore_published(spark: SparkSession, tables: list[str]) -> dict[str, int | None]:
+    """Put each table of the failed stage back to its last published contents, so that everything reading the
+    latest version (Feast's sources, the next stage) keeps seeing good data; the failed version stays in the
+    Delta history for inspection. A table never published is left as it is (there is nothing good to go back to)."""
+    restored: dict[str, int | None] = {}
+    for table in tables:
+        good = published_version(spark, table)
+        if good is not None and storage.table_version(table) != good:
+            storage.restore_table(table, good)
+            log.warning("%s: restored to published version %d after a failed gate", table, good)
+        restored[table] = good
+    return restored
+
+
+def _failure_message(failed: list[AuditResult], restored: Mapping[str, int | None]) -> str:
     lines = []
     for result in failed:
         for failure in result.outcome.failures("critical"):
             lines.append(f"{result.table} v{result.version}: {failure.describe()}")
+    serving = ", ".join(
+        f"{table} v{version}" if version is not None else f"{table} (none published yet)"
+        for table, version in restored.items()
+    )
     docs = data_docs_dir() / "index.html"
     return (
         "quality gate failed, nothing published (the previously published versions keep serving):\n  "
         + "\n  ".join(lines)
-        + f"\nData Docs: {docs}"
+        + f"\nserving: {serving}\nData Docs: {docs}"
     )
 
 

@@ -164,6 +164,22 @@ def table_version(table: str | TableSpec) -> int | None:
     return None if delta is None else delta.version()
 
 
+def restore_table(table: str | TableSpec, version: int) -> int:
+    """Make ``version``'s contents the latest again (a new commit; later versions stay in the history)."""
+    settings = get_settings()
+    spec = get_table(table)
+    delta = _open(settings.table_uri(spec.name), settings)
+    if delta is None:
+        raise TableNotFoundError(f"table {spec.name} has never been written")
+    target = _open(settings.table_uri(spec.name), settings, version)
+    assert target is not None
+    if set(target.file_uris()) == set(delta.file_uris()):
+        return delta.version()  # already those contents: nothing to commit
+    delta.restore(version)
+    delta.update_incremental()
+    return delta.version()
+
+
 def partition_values(table: str | TableSpec) -> list[dict[str, str | None]]:
     """The distinct partitions of the latest version, read from the log (no data is scanned)."""
     spec = get_table(table)

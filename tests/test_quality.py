@@ -237,7 +237,11 @@ def test_a_failed_gate_publishes_nothing_and_names_table_expectation_and_rows(sp
     assert "silver_events v1" in message and "purchase_has_price" in message
     assert "'event_id': 'e2'" in message  # the offending row, by its key
     assert "nothing published" in message
-    assert published_version(spark, S) == good  # the last good version keeps serving
+    assert published_version(spark, S) == good  # the last good version keeps serving ...
+    latest = storage.read_table(spark, S).orderBy("event_id").collect()
+    assert [r.price for r in latest] == [5.0, 5.0, None]  # ... and is the latest again; v1 stays in the history
+    assert storage.read_table(spark, S, version=bad).filter(F.col("price") < 0).count() == 1
+    assert "serving: silver_events v0" in message
 
     with pytest.raises(QualityGateError, match="quarantine_ceiling vs quarantine_share"):
         audit_and_publish(spark, {"silver_events": (check(0.2), good)}, run_id="r3", at=AT)
