@@ -112,6 +112,26 @@ CF_RECOMMENDATIONS = TableSpec(
     description="Top-N items per user by the item-based CF score, bought items excluded.",
 )
 
+ITEM_NEIGHBORS = TableSpec(
+    "item_neighbors", "gold",
+    _fields(
+        ("item_id", L), ("neighbor_ids", T.ArrayType(L)), ("neighbor_weights", T.ArrayType(D)), *FEATURE_TIMES,
+        ("as_of_date", DT),
+    ),
+    keys=("as_of_date", "item_id"), partition_by=("as_of_date",),
+    description="Each item's top-K neighbours as one row (ids and weights by rank), for online lookup.",
+)  # fmt: skip
+
+USER_ITEMS = TableSpec(
+    "user_items", "gold",
+    _fields(
+        ("user_id", L), ("item_ids", T.ArrayType(L)), ("item_scores", T.ArrayType(D)),
+        ("bought_item_ids", T.ArrayType(L)), *FEATURE_TIMES, ("as_of_date", DT),
+    ),
+    keys=("as_of_date", "user_id"), partition_by=("as_of_date",),
+    description="Each user's highest-scored items r(u, j) and bought items as one row, for online scoring.",
+)  # fmt: skip
+
 USER_FEATURES = TableSpec(
     "user_features", "gold",
     _fields(
@@ -201,7 +221,7 @@ TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
         BRONZE_EVENTS, QUARANTINE_EVENTS, SILVER_EVENTS, INTERACTIONS, ITEM_SIMILARITY, CF_RECOMMENDATIONS,
-        USER_FEATURES, ITEM_FEATURES, ITEMS, ITEM_EMBEDDINGS, KG_NODES, KG_EDGES, RUN_METRICS, PUBLISHED_VERSIONS,
+        ITEM_NEIGHBORS, USER_ITEMS, USER_FEATURES, ITEM_FEATURES, ITEMS, ITEM_EMBEDDINGS, KG_NODES, KG_EDGES, RUN_METRICS, PUBLISHED_VERSIONS,
     )
 }  # fmt: skip
 

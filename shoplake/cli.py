@@ -88,123 +88,69 @@ def generate(
     typer.echo(f"{shop.items:,} items in {shop.catalog_file}")
 
 
-def _ingest(events: list[Path], items_path: Path | None, run_id: str) -> tuple[str, ...]:
-    """Land the files; return the checksums of all of them (landed now or before)."""
-    from shoplake.spark import get_spark
-    from spark_jobs import bronze, items
+def _say(step: Any) -> dict[str, Any]:
+    """Print a step's lines for people; hand its outputs to the next step."""
+    for line in step.lines:
+        typer.echo(line)
+    return step.outputs  # type: ignore[no-any-return]
+
+
+def _ingest(events: list[Path], items_path: Path | None, run_id: str) -> list[dt.date]:
+    """Land and validate the files; return the event dates they hold (landed now or before)."""
+    from shoplake import orchestration
 
     paths = expand_event_paths(events)
-    for path in paths:
-        bronze.file_format(path)  # an unsupported format fails before Spark starts
     if items_path is not None and not items_path.is_file():
         raise ShoplakeError(f"{items_path}: no such file")
-    spark = get_spark("shoplake")
-    landed = bronze.land_event_files(spark, paths, run_id=run_id, ingested_at=_now())
-    typer.echo(f"bronze_events: {landed.rows_landed:,} rows from {len(landed.files_landed)} new files "
-               f"({len(landed.files_already_landed)} already landed), version {landed.version}")  # fmt: skip
-    if landed.version is not None and landed.rows_landed:
-        from expectations.stages import validate_bronze
-
-        _print_quality(validate_bronze(spark, landed.version, ingest_run_id=landed.run_id, run_id=run_id, at=_now()))
-    if items_path is not None:
-        result = items.land_catalog(spark, str(items_path), run_id=run_id, updated_at=_now())
-        typer.echo(f"items: {result.rows:,} catalogue rows merged, version {result.version}")
-    return landed.checksums
+    landed = _say(orchestration.ingest(paths, str(items_path) if items_path else None, run_id))
+    _say(orchestration.validate_raw(landed["version"], landed["ingest_run_id"], run_id))
+    return [dt.date.fromisoformat(d) for d in landed["dates"]]
 
 
 def _date_range(date: dt.datetime | None, start: dt.datetime | None, end: dt.datetime | None) -> list[dt.date] | None:
-    """--date D, or --start S [--end E] (E defaults to S); None when no date was given."""
-    from spark_jobs.silver import dates_between
+    from shoplake.orchestration import dates_from
 
-    if date is not None and (start is not None or end is not None):
-        raise ShoplakeError("give either --date or --start/--end, not both")
-    if date is not None:
-        return [date.date()]
-    if start is None:
-        if end is not None:
-            raise ShoplakeError("--end needs --start")
-        return None
-    return dates_between(start.date(), (end or start).date())
+    return dates_from(date.date() if date else None, start.date() if start else None, end.date() if end else None)
 
 
 def _silver(dates: list[dt.date], run_id: str) -> None:
-    from expectations.stages import validate_silver
-    from shoplake.spark import get_spark
-    from spark_jobs.silver import run_silver
+    from shoplake import orchestration
 
-    spark = get_spark("shoplake")
-    result = run_silver(spark, dates, run_id=run_id, processed_at=_now())
-    c = result.counts
-    typer.echo(f"silver_events {dates[0]}..{dates[-1]}: {c['kept']:,} kept of {result.bronze_rows:,} bronze rows "
-               f"({c['exact_duplicate']:,} exact duplicates, {c['collapsed']:,} repeats collapsed, "
-               f"{c['quarantined']:,} quarantined)")  # fmt: skip
-    share = c["quarantined"] / result.bronze_rows if result.bronze_rows else 0.0
-    _print_quality(
-        validate_silver(spark, result.silver_version, dates, quarantine_share=share, run_id=run_id, at=_now())
-    )
+    built = _say(orchestration.build_silver(dates, run_id))
+    _say(orchestration.validate_silver(built["version"], dates, built["quarantine_share"], run_id))
 
 
 def _latest_silver_date() -> dt.date:
-    from shoplake import storage
-    from shoplake.catalog import SILVER_EVENTS
+    from shoplake.orchestration import latest_silver_date
 
-    dates = [p["event_date"] for p in storage.partition_values(SILVER_EVENTS) if p["event_date"]]
-    if not dates:
-        raise ShoplakeError("silver_events is empty: run `shoplake silver` (or `shoplake pipeline`) first")
-    return max(dt.date.fromisoformat(d) for d in dates)
+    return latest_silver_date()
 
 
 def _gold(as_of: dt.date, run_id: str) -> None:
-    from expectations.stages import validate_gold
-    from shoplake.settings import get_settings
-    from shoplake.spark import get_spark
-    from spark_jobs.gold import read_history, run_gold
-    from spark_jobs.interactions import AsOf
+    from shoplake import orchestration
 
-    spark = get_spark("shoplake")
-    now = _now()
-    result = run_gold(spark, as_of, run_id=run_id, computed_at=now)
-    typer.echo(f"gold as of {as_of}: " + ", ".join(f"{name} {rows:,}" for name, rows in result.rows.items()))
-    typer.echo(f"interaction matrix (COO + id maps): {result.matrix_dir}")
-    history = read_history(spark, AsOf(as_of, now), get_settings().history_days)
-    _print_quality(validate_gold(spark, result.versions, as_of, history=history, run_id=run_id, at=_now()))
+    built = _say(orchestration.build_gold(as_of, run_id))
+    _say(orchestration.validate_gold(built["versions"], as_of, run_id))
 
 
-def _embed(run_id: str) -> None:
-    from shoplake.spark import get_spark
-    from spark_jobs.embed_items import run_embed
+def _embed(run_id: str, full_refresh: bool = False) -> None:
+    from shoplake import orchestration
 
-    result = run_embed(get_spark("shoplake"), run_id=run_id, embedded_at=_now())
-    rate = f" at {result.items_per_second:,.0f} items/s" if result.embedded else ""
-    typer.echo(f"item_embeddings ({result.model}, dim {result.dim}): {result.embedded:,} items embedded{rate}, "
-               f"{result.unchanged:,} unchanged, {result.without_text:,} without any text (not embedded)")  # fmt: skip
+    _say(orchestration.embed(run_id, full_refresh))
+
+
+def _publish(full_refresh: bool = False) -> None:
+    from shoplake import orchestration
+
+    _say(orchestration.publish_features(full_refresh))
+    _say(orchestration.check_features())
 
 
 def _kg(as_of: dt.date, run_id: str) -> None:
-    from expectations.stages import validate_embeddings_and_graph
-    from shoplake.encoder import ModelSpec
-    from shoplake.settings import get_settings
-    from shoplake.spark import get_spark
-    from spark_jobs.knowledge_graph import run_knowledge_graph
+    from shoplake import orchestration
 
-    spark = get_spark("shoplake")
-    result = run_knowledge_graph(spark, as_of, run_id=run_id, created_at=_now())
-    typer.echo("kg_nodes: " + ", ".join(f"{kind} {n:,}" for kind, n in result.nodes.items()))
-    typer.echo("kg_edges: " + ", ".join(f"{relation} {n:,}" for relation, n in result.edges.items()))
-    if result.similar_same_category_share is not None:
-        typer.echo(f"SIMILAR_TO pairs sharing a leaf category: {result.similar_same_category_share:.1%}")
-    spec = ModelSpec.from_path(get_settings().model_path)
-    _print_quality(validate_embeddings_and_graph(spark, model=spec.name, dim=spec.dim, run_id=run_id, at=_now(),
-                                                 run_date=as_of))  # fmt: skip
-
-
-def _print_quality(results: list[Any]) -> None:
-    """One line per validated table: passed (with warnings) and the version now published."""
-    for result in results:
-        warnings = result.outcome.failures("warning")
-        note = f", {len(warnings)} warnings" if warnings else ""
-        typer.echo(f"  quality: {result.table} v{result.version} passed {len(result.outcome.outcomes)} "
-                   f"expectations{note}; published")  # fmt: skip
+    _say(orchestration.knowledge_graph(as_of, run_id))
+    _say(orchestration.validate_graph(as_of, run_id))
 
 
 @app.command()
@@ -242,11 +188,14 @@ def gold(date: DateOption = None, run_id: RunIdOption = None) -> None:
 
 @app.command()
 @_clear_errors
-def embed(run_id: RunIdOption = None) -> None:
+def embed(
+    run_id: RunIdOption = None,
+    full_refresh: Annotated[bool, typer.Option(help="Embed every item, changed or not.")] = False,
+) -> None:
     """Embed the items whose text or model changed since their last embedding (GPU when present, else CPU)."""
     from spark_jobs.bronze import new_run_id
 
-    _embed(run_id or new_run_id("embed"))
+    _embed(run_id or new_run_id("embed"), full_refresh)
 
 
 @app.command()
@@ -257,6 +206,35 @@ def kg(date: DateOption = None, run_id: RunIdOption = None) -> None:
 
     as_of = date.date() if date else _latest_silver_date()
     _kg(as_of, run_id or new_run_id("kg"))
+
+
+@app.command()
+@_clear_errors
+def publish(
+    full_refresh: Annotated[bool, typer.Option(help="Materialize every view from its earliest feature time.")] = False,
+) -> None:
+    """Publish the gold features to Feast (apply + incremental materialization), then check online = offline."""
+    _publish(full_refresh)
+
+
+@app.command("training-set")
+@_clear_errors
+def training_set(
+    start: StartOption = None,
+    end: EndOption = None,
+    name: Annotated[str, typer.Option(help="File name under $SHOPLAKE_HOME/exports/training_sets/.")] = "purchase",
+) -> None:
+    """Labelled views (bought within the label window?) with point-in-time features from Feast."""
+    from shoplake.spark import get_spark
+    from spark_jobs.training_set import build_training_set
+
+    given = end or start
+    last = given.date() if given else _latest_silver_date()
+    first = start.date() if start else last
+    result = build_training_set(get_spark("shoplake"), first, last, name=name)
+    typer.echo(f"training set: {result.rows:,} rows, {result.positives:,} positives → {result.path}")
+    worst = sorted(result.null_rates.items(), key=lambda kv: -kv[1])[:5]
+    typer.echo("highest null rates: " + ", ".join(f"{c} {r:.1%}" for c, r in worst))
 
 
 @app.command()
@@ -289,6 +267,22 @@ def quality(runs: Annotated[int, typer.Option(help="How many recent runs to show
     history = write_run_history(spark)
     typer.echo(f"Data Docs:   {data_docs_dir() / 'index.html'}")
     typer.echo(f"run history: {history}")
+
+
+@app.command()
+@_clear_errors
+def outputs() -> None:
+    """Where everything is: the lake, exports, reports, Data Docs, and each table's state."""
+    from shoplake.settings import get_settings
+
+    settings = get_settings()
+    docs = settings.reports_dir / "data_docs"
+    typer.echo("Outputs:")
+    typer.echo(f"  lake (Delta tables): {settings.lake_root}")
+    typer.echo(f"  interaction matrix:  {settings.home / 'exports' / 'interaction_matrix'}")
+    typer.echo(f"  reports:             {settings.reports_dir}")
+    typer.echo(f"  Data Docs:           {docs / 'index.html'} (run history: {docs / 'runs.html'})")
+    tables()
 
 
 @app.command()
@@ -326,13 +320,10 @@ def pipeline(
 
     Silver is rebuilt for the dates the given files hold (late files included); gold is computed as of --date,
     or else the latest date in silver."""
-    from shoplake.settings import get_settings
-    from shoplake.spark import get_spark
-    from spark_jobs.bronze import event_dates, new_run_id
+    from spark_jobs.bronze import new_run_id
 
     run_id = run_id or new_run_id("pipeline")
-    checksums = _ingest(events, items, run_id)
-    dates = event_dates(get_spark("shoplake"), checksums)
+    dates = _ingest(events, items, run_id)
     if not dates:
         raise ShoplakeError("the given files hold no event with a readable time; see quarantine_events")
     _silver(dates, run_id)
@@ -340,15 +331,9 @@ def pipeline(
     _gold(as_of, run_id)
     _embed(run_id)
     _kg(as_of, run_id)
-    settings = get_settings()
-    typer.echo(f"\nrun {run_id} done. Outputs:")
-    typer.echo(f"  lake (Delta tables): {settings.lake_root}")
-    typer.echo(f"  reports:             {settings.reports_dir}")
-    typer.echo(
-        f"  Data Docs:           {settings.reports_dir / 'data_docs' / 'index.html'} "
-        f"(run history: {settings.reports_dir / 'data_docs' / 'runs.html'})"
-    )
-    tables()
+    _publish()
+    typer.echo(f"\nrun {run_id} done.")
+    outputs()
 
 
 @app.command()

@@ -41,6 +41,16 @@ class Settings(BaseSettings):
     spark_ui: bool = Field(True, description="Spark's web UI; tests turn it off.")
 
     feast_env: Literal["local", "production"] = "local"
+    feast_registry_url: str = Field(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/postgres", description="production: Feast's SQL registry."
+    )
+    feast_redis: str = Field("127.0.0.1:6379", description="production: Feast's Redis online store.")
+
+    landing: Path | None = Field(None, description="Folder the daily DAG ingests from; default $SHOPLAKE_HOME/landing.")
+    daily_schedule: str = Field("@daily", description="Cron or preset of the shoplake_daily DAG.")
+    spark_submit: bool = Field(
+        False, description="Airflow runs silver and gold through spark-submit against spark_master, not in-process."
+    )
 
     model_path: Path | None = Field(None, description="Local Hugging Face encoder dir; default all-MiniLM-L6-v2.")
     device: Literal["auto", "cuda", "cpu"] = "auto"
@@ -89,6 +99,7 @@ class Settings(BaseSettings):
     cf_max_contributions: int = Field(
         50, gt=0, description="Items j add to the scores of at most this many items i that list j (the closest)."
     )
+    label_window_hours: float = Field(24.0, gt=0, description="Training labels: a purchase this soon after a view.")
     rate_prior_strength: float = Field(20.0, ge=0, description="Pseudo-views behind smoothed conversion rates.")
 
     @field_validator("home")
@@ -101,6 +112,10 @@ class Settings(BaseSettings):
         if self.lake_uri:
             return self.lake_uri if is_remote_uri(self.lake_uri) else str(Path(self.lake_uri).expanduser().resolve())
         return str(self.home / "lake")
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.landing.expanduser().resolve() if self.landing else self.home / "landing"
 
     @property
     def reports_dir(self) -> Path:

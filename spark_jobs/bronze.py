@@ -55,6 +55,7 @@ class LandingResult:
     files_already_landed: tuple[str, ...]
     rows_landed: int
     version: int | None
+    checksums_landed: tuple[str, ...] = ()  # of the files landed now
 
 
 def file_format(path: str) -> str:
@@ -244,7 +245,10 @@ def land_event_files(
         {"files_landed": len(new), "files_already_landed": len(skipped), "rows_landed": result.rows},
         recorded_at=ingested_at,
     )  # fmt: skip
-    return LandingResult(run_id, checksums, tuple(f.path for f in new), skipped, result.rows, result.version)
+    return LandingResult(
+        run_id, checksums, tuple(f.path for f in new), skipped, result.rows, result.version,
+        tuple(f.checksum for f in new),
+    )  # fmt: skip
 
 
 def event_dates(spark: SparkSession, checksums: Sequence[str]) -> list[dt.date]:

@@ -128,14 +128,22 @@ def transform_embedding_rows(
 
 
 def run_embed(
-    spark: SparkSession, *, run_id: str, embedded_at: dt.datetime, settings: Settings | None = None
+    spark: SparkSession,
+    *,
+    run_id: str,
+    embedded_at: dt.datetime,
+    settings: Settings | None = None,
+    full_refresh: bool = False,
 ) -> EmbedResult:
+    """Embed new and changed items (``full_refresh``: every item with text, e.g. after a model's weights changed)."""
     settings = settings or get_settings()
     spec = ModelSpec.from_path(settings.model_path)
     texts = transform_item_texts(storage.read_table(spark, ITEMS)).cache()
     try:
         existing = (
-            storage.read_table(spark, ITEM_EMBEDDINGS) if storage.table_version(ITEM_EMBEDDINGS) is not None else None
+            storage.read_table(spark, ITEM_EMBEDDINGS)
+            if storage.table_version(ITEM_EMBEDDINGS) is not None and not full_refresh
+            else None
         )
         todo = transform_items_to_embed(texts, existing, spec.name).cache()
         counts = texts.agg(F.count("*").alias("items"), F.sum((F.col("text") == "").cast("long")).alias("empty"))

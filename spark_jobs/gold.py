@@ -21,21 +21,33 @@ from shoplake.catalog import (
     CF_RECOMMENDATIONS,
     INTERACTIONS,
     ITEM_FEATURES,
+    ITEM_NEIGHBORS,
     ITEM_SIMILARITY,
     SILVER_EVENTS,
     USER_FEATURES,
+    USER_ITEMS,
     TableSpec,
 )
+from shoplake.errors import ShoplakeError
 from shoplake.run_metrics import record_metrics
 from shoplake.settings import Settings, get_settings
 from spark_jobs import items
 from spark_jobs.interactions import AsOf, export_matrix, transform_interactions
 from spark_jobs.item_features import transform_item_features
-from spark_jobs.similarity import transform_baskets, transform_cf_recommendations, transform_item_similarity
+from spark_jobs.similarity import (
+    transform_baskets,
+    transform_cf_recommendations,
+    transform_item_neighbors,
+    transform_item_similarity,
+    transform_user_items,
+)
 from spark_jobs.user_features import transform_user_features
 
 log = logging.getLogger(__name__)
-GOLD_TABLES = (INTERACTIONS, ITEM_SIMILARITY, CF_RECOMMENDATIONS, USER_FEATURES, ITEM_FEATURES)
+GOLD_TABLES = (
+    INTERACTIONS, ITEM_SIMILARITY, ITEM_NEIGHBORS, USER_ITEMS, CF_RECOMMENDATIONS, USER_FEATURES, ITEM_FEATURES,
+)  # fmt: skip
+BOUGHT_ITEMS_KEPT = 200  # per user, for excluding bought items online
 
 
 @dataclass(frozen=True)
@@ -47,11 +59,17 @@ class GoldResult:
     matrix_dir: Path
 
 
-def read_history(spark: SparkSession, as_of: AsOf, history_days: int) -> DataFrame:
-    """Non-bot silver events of the ``history_days`` days ending with the run date."""
+def read_history(spark: SparkSession, as_of: AsOf, history_days: int, sample_fraction: float = 1.0) -> DataFrame:
+    """Non-bot silver events of the ``history_days`` days ending with the run date.
+
+    ``sample_fraction`` < 1 keeps that share of users (chosen by a hash of the id, so the same users every run):
+    a quick trial run from the Airflow UI, whose features describe the sampled users only."""
     first = as_of.date - dt.timedelta(days=history_days - 1)
     silver = storage.read_table(spark, SILVER_EVENTS)
-    return silver.filter(F.col("event_date").between(first, as_of.date) & ~F.col("is_bot"))
+    events = silver.filter(F.col("event_date").between(first, as_of.date) & ~F.col("is_bot"))
+    if sample_fraction < 1:
+        events = events.filter(F.abs(F.xxhash64("user_id")) % 10_000 < int(sample_fraction * 10_000))
+    return events
 
 
 def matrix_dir(settings: Settings, as_of_date: dt.date) -> Path:
@@ -59,7 +77,13 @@ def matrix_dir(settings: Settings, as_of_date: dt.date) -> Path:
 
 
 def run_gold(
-    spark: SparkSession, as_of_date: dt.date, *, run_id: str, computed_at: dt.datetime, settings: Settings | None = None
+    spark: SparkSession,
+    as_of_date: dt.date,
+    *,
+    run_id: str,
+    computed_at: dt.datetime,
+    settings: Settings | None = None,
+    sample_fraction: float = 1.0,
 ) -> GoldResult:
     settings = settings or get_settings()
     as_of = AsOf(as_of_date, computed_at)
@@ -74,7 +98,9 @@ def run_gold(
 
     # Not cached: re-reading silver's Parquet is cheap, and cached blocks would hold back the memory that the
     # basket-pair aggregation needs to spill at ten million events.
-    events = read_history(spark, as_of, settings.history_days)
+    if not 0 < sample_fraction <= 1:
+        raise ShoplakeError(f"sample fraction must be in (0, 1], got {sample_fraction}")
+    events = read_history(spark, as_of, settings.history_days, sample_fraction)
     items.refresh_items_from_events(spark, events, run_id=run_id, updated_at=computed_at)
     interactions = write(
         transform_interactions(events, as_of, settings.event_weights, settings.half_life_days), INTERACTIONS
@@ -87,6 +113,11 @@ def run_gold(
         ),
         ITEM_SIMILARITY,
     )  # fmt: skip
+    write(transform_item_neighbors(similarity, as_of), ITEM_NEIGHBORS)
+    write(
+        transform_user_items(interactions, as_of, user_items=settings.cf_user_items, bought_items=BOUGHT_ITEMS_KEPT),
+        USER_ITEMS,
+    )
     write(
         transform_cf_recommendations(
             interactions,

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from shoplake.catalog import CF_RECOMMENDATIONS, ITEM_SIMILARITY
+from shoplake.catalog import CF_RECOMMENDATIONS, ITEM_NEIGHBORS, ITEM_SIMILARITY, USER_ITEMS
 from spark_jobs.interactions import AsOf
 
 
@@ -103,3 +103,49 @@ def transform_cf_recommendations(
     best = Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id")
     top = scored.withColumn("rank", F.row_number().over(best)).filter(F.col("rank") <= top_n)
     return as_of.stamp(top.select("user_id", "item_id", "score", "rank")).select(*CF_RECOMMENDATIONS.columns)
+
+
+def transform_item_neighbors(similarity: DataFrame, as_of: AsOf) -> DataFrame:
+    """item_similarity as one row per item: neighbour ids and weights in rank order (the online lookup shape)."""
+    ranked = similarity.groupBy("item_id").agg(
+        F.array_sort(F.collect_list(F.struct("rank", "neighbor_item_id", "weight"))).alias("ranked")
+    )
+    return as_of.stamp(
+        ranked.select(
+            "item_id",
+            F.transform("ranked", lambda r: r["neighbor_item_id"]).alias("neighbor_ids"),
+            F.transform("ranked", lambda r: r["weight"]).alias("neighbor_weights"),
+        )
+    ).select(*ITEM_NEIGHBORS.columns)
+
+
+def transform_user_items(interactions: DataFrame, as_of: AsOf, *, user_items: int, bought_items: int) -> DataFrame:
+    """Per user: the ``user_items`` highest-scored items with their scores r(u, j) (what the CF formula sums over)
+    and up to ``bought_items`` most recently bought items (what a recommender must not offer again)."""
+    rated = interactions.filter(F.col("score") > 0)
+    strongest = Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id")
+    top = (
+        rated.withColumn("position", F.row_number().over(strongest))
+        .filter(F.col("position") <= user_items)
+        .groupBy("user_id")
+        .agg(F.array_sort(F.collect_list(F.struct("position", "item_id", "score"))).alias("top"))
+    )
+    latest = Window.partitionBy("user_id").orderBy(F.desc("last_event_time"), "item_id")
+    bought = (
+        interactions.filter(F.col("purchases") > 0)
+        .withColumn("position", F.row_number().over(latest))
+        .filter(F.col("position") <= bought_items)
+        .groupBy("user_id")
+        .agg(F.sort_array(F.collect_list("item_id")).alias("bought_item_ids"))
+    )
+    users = interactions.select("user_id").distinct()
+    return as_of.stamp(
+        users.join(top, on="user_id", how="left")
+        .join(bought, on="user_id", how="left")
+        .select(
+            "user_id",
+            F.coalesce(F.transform("top", lambda r: r["item_id"]), F.array().cast("array<long>")).alias("item_ids"),
+            F.coalesce(F.transform("top", lambda r: r["score"]), F.array().cast("array<double>")).alias("item_scores"),
+            F.coalesce("bought_item_ids", F.array().cast("array<long>")).alias("bought_item_ids"),
+        )
+    ).select(*USER_ITEMS.columns)

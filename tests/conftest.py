@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from shoplake.airflow_setup import airflow_environment
+
+# Airflow reads its configuration when first imported: point it at a throwaway home before any test imports it.
+for _key, _value in airflow_environment(Path(tempfile.mkdtemp(prefix="shoplake-tests-airflow-"))).items():
+    os.environ.setdefault(_key, _value)
 os.environ.setdefault("SHOPLAKE_SPARK_MASTER", "local[2]")
 os.environ.setdefault("SHOPLAKE_SPARK_SHUFFLE_PARTITIONS", "2")
 os.environ.setdefault("SHOPLAKE_SPARK_UI", "false")

@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -16,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from shoplake import storage
+from shoplake.spark_submit import submit_job
 from spark_jobs import bronze
-from tests.conftest import REPO, SAMPLE_EVENTS
+from tests.conftest import SAMPLE_EVENTS
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -69,32 +69,20 @@ def standalone_cluster(tmp_path_factory):
 
 
 def spark_submit(master: str, job: str, *args: str, home: Path) -> str:
-    import pyspark
+    from shoplake.settings import Settings
 
-    submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
-    env = {
-        **os.environ,
-        "SHOPLAKE_HOME": str(home),
-        "SHOPLAKE_SPARK_MASTER": master,
-        "PYSPARK_PYTHON": sys.executable,
-        "PYSPARK_DRIVER_PYTHON": sys.executable,
-        "SPARK_LOCAL_IP": "127.0.0.1",
-    }
-    completed = subprocess.run(
-        [str(submit), "--master", master, "--driver-memory", "1g", "--executor-memory", "1g",
-         str(REPO / "spark_jobs" / job), *args],
-        capture_output=True, text=True, env=env, timeout=900, cwd=REPO,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return completed.stdout
+    settings = Settings(home=home, spark_master=master, spark_driver_memory="1g",
+                        spark_conf={"spark.executor.memory": "1g"})  # fmt: skip
+    return submit_job(job, *args, settings=settings, extra_env={"SHOPLAKE_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1"},
+                      timeout_seconds=900)  # fmt: skip
 
 
 def test_silver_and_gold_run_on_a_standalone_cluster(spark, lake, standalone_cluster):
     master, ui_port = standalone_cluster
     bronze.land_event_files(spark, [str(SAMPLE_EVENTS)], run_id="r", ingested_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
-    out = spark_submit(master, "silver.py", "--start", "2019-10-01", "--run-id", "cluster", home=lake)
+    out = spark_submit(master, "silver", "--start", "2019-10-01", "--run-id", "cluster", home=lake)
     assert "'kept': 17410" in out
-    out = spark_submit(master, "gold.py", "--date", "2019-10-01", "--run-id", "cluster", home=lake)
+    out = spark_submit(master, "gold", "--date", "2019-10-01", "--run-id", "cluster", home=lake)
     assert "'user_features': 4504" in out
     assert storage.read_table(spark, "silver_events").count() == 17_410
     assert storage.read_table(spark, "item_features").count() == 6_493

@@ -14,7 +14,13 @@ from shoplake.catalog import SILVER_EVENTS
 from spark_jobs import bronze, gold, silver
 from spark_jobs.interactions import AsOf, transform_interactions
 from spark_jobs.item_features import transform_item_features
-from spark_jobs.similarity import transform_baskets, transform_cf_recommendations, transform_item_similarity
+from spark_jobs.similarity import (
+    transform_baskets,
+    transform_cf_recommendations,
+    transform_item_neighbors,
+    transform_item_similarity,
+    transform_user_items,
+)
 from spark_jobs.user_features import quintile_score, segment, transform_user_features
 from tests.conftest import SAMPLE_EVENTS
 
@@ -124,6 +130,27 @@ def test_a_popular_item_contributes_only_to_the_items_closest_to_it(spark):
     by_user = {(r.user_id, r.item_id) for r in capped.collect()}
     assert (3, 2) in by_user  # user 3 saw A: A still adds to B, the item it is closest to
     assert (1, 3) not in by_user  # user 1 saw A and B: A no longer adds to C
+
+
+def test_neighbour_lists_and_user_item_lists_keep_rank_order(spark):
+    similarity = spark.createDataFrame(
+        [(1, 3, 0.2, 1, 2), (1, 2, 0.9, 4, 1), (2, 1, 0.9, 4, 1)],
+        "item_id long, neighbor_item_id long, weight double, support long, rank int",
+    )
+    got = {
+        r.item_id: (r.neighbor_ids, r.neighbor_weights) for r in transform_item_neighbors(similarity, AS_OF).collect()
+    }
+    assert got == {1: ([2, 3], [0.9, 0.2]), 2: ([1], [0.9])}
+
+    t = dt.datetime(2019, 10, 30)
+    interactions = spark.createDataFrame(
+        [(7, 10, 1.0, 0, t), (7, 11, 3.0, 1, t), (7, 12, 0.0, 1, t + dt.timedelta(hours=1)), (7, 13, 2.0, 0, t),
+         (8, 10, 0.0, 0, t)],
+        "user_id long, item_id long, score double, purchases long, last_event_time timestamp",
+    )  # fmt: skip
+    rows = {r.user_id: r for r in transform_user_items(interactions, AS_OF, user_items=2, bought_items=5).collect()}
+    assert (rows[7].item_ids, rows[7].item_scores, rows[7].bought_item_ids) == ([11, 13], [3.0, 2.0], [11, 12])
+    assert (rows[8].item_ids, rows[8].item_scores, rows[8].bought_item_ids) == ([], [], [])
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,210 @@
+"""
+# shoplake_daily
+
+Every day: land the new behaviour files, clean them into silver, compute the gold features, embed changed items,
+rebuild the product knowledge graph — each stage gated by its Great Expectations suite — publish the features to
+Feast, check that online and offline values agree, and write the Data Docs.
+
+**Trigger with parameters** (Trigger DAG ▸ with config): `date`, or `start` and `end` for a backfill; `full_refresh`
+rebuilds silver for every date in bronze and re-embeds every item; `skip_stages` leaves stages out (the tables keep
+their last versions); `sample_fraction` computes gold on that share of users, for a quick trial; `events` ingests a
+file or folder instead of the landing folder (`$SHOPLAKE_HOME/landing`).
+
+**Triage a failure**
+- `plan_run` failed: the parameters do not fit together (the message says which); nothing ran.
+- `ingest` failed: a file is unreadable or not in the events format; its name is in the log. Nothing was committed.
+- a `validate_*` task failed: a quality gate stopped publishing. The log names the table, the expectation and
+  offending rows; the previously published versions keep serving. Open the Data Docs (`data_docs` task log has the
+  link), fix the source, then clear the failed task — every task replaces the partitions of its dates, so reruns
+  are safe.
+- `publish_features` failed: Feast's registry (PostgreSQL) or online store (Redis) is unreachable — it retried;
+  fix the service and clear the task. `consistency_check` failed: online values differ from the offline ones
+  (the log lists them); re-run `publish_features`.
+- `embed_items` waits: it runs in the `gpu` pool (one slot); it falls back to the CPU where no GPU is visible.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+from shoplake.settings import get_settings
+
+GOLD_ASSETS = [Asset(f"shoplake://lake/{name}") for name in ("interactions", "user_features", "item_features")]
+GRAPH_ASSETS = [Asset(f"shoplake://lake/{name}") for name in ("item_embeddings", "kg_nodes", "kg_edges")]
+DATE = {"type": ["null", "string"], "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$"}
+TRANSIENT = {"retries": 2, "retry_delay": dt.timedelta(seconds=30), "retry_exponential_backoff": True}
+
+
+def _day(value: str) -> dt.date:
+    return dt.date.fromisoformat(value)
+
+
+def _skipped(plan: dict[str, Any], stage: str) -> bool:
+    if stage in plan["skip"]:
+        print(f"{stage}: skipped by the run's skip_stages parameter; its tables keep their last versions")
+        return True
+    return False
+
+
+@dag(
+    dag_id="shoplake_daily",
+    schedule=get_settings().daily_schedule,
+    start_date=pendulum.datetime(2019, 10, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["shoplake", "etl", "features"],
+    doc_md=__doc__,
+    default_args={"owner": "shoplake", "retries": 1, "retry_delay": dt.timedelta(seconds=30)},
+    params={
+        "date": Param(None, **DATE, description="Run date (YYYY-MM-DD); default: the data interval's date."),
+        "start": Param(None, **DATE, description="First date of a backfill range."),
+        "end": Param(None, **DATE, description="Last date of a backfill range (default: start)."),
+        "full_refresh": Param(False, type="boolean", description="Rebuild silver for every date; re-embed all."),
+        "skip_stages": Param(
+            [], type="array", items={"type": "string", "enum": ["ingest", "silver", "gold", "embed", "kg"]},
+            uniqueItems=True, description="Stages to leave out.",
+        ),
+        "sample_fraction": Param(
+            1.0, type="number", exclusiveMinimum=0, maximum=1, description="Share of users gold is computed on."
+        ),
+        "events": Param(None, type=["null", "string"], description="File or folder to ingest instead of the landing folder."),
+    },
+)  # fmt: skip
+def shoplake_daily() -> None:
+    @task
+    def plan_run() -> dict[str, Any]:
+        from shoplake.orchestration import plan_run as plan
+
+        context = get_current_context()
+        return plan(context["params"], context.get("logical_date"), context["run_id"])
+
+    @task(**TRANSIENT)
+    def ingest(plan: dict[str, Any]) -> dict[str, Any]:
+        from shoplake import orchestration
+
+        if _skipped(plan, "ingest"):
+            return {"version": None, "ingest_run_id": plan["run_id"], "new_dates": []}
+        return orchestration.ingest(orchestration.landing_files(plan["events"]), None, plan["run_id"]).log()
+
+    @task
+    def validate_raw(plan: dict[str, Any], landed: dict[str, Any]) -> dict[str, Any]:
+        from shoplake import orchestration
+
+        return orchestration.validate_raw(landed["version"], landed["ingest_run_id"], plan["run_id"]).log()
+
+    @task(**TRANSIENT)
+    def silver(plan: dict[str, Any], landed: dict[str, Any]) -> dict[str, Any]:
+        from shoplake import orchestration
+
+        if _skipped(plan, "silver"):
+            return {}
+        if plan["full_refresh"]:
+            dates = orchestration.bronze_dates()
+        else:
+            dates = sorted({_day(d) for d in (plan["dates"] or []) + landed["new_dates"]})
+        if not dates:
+            print("silver: no dates to process (no date given and no new files landed)")
+            return {}
+        if get_settings().spark_submit:
+            from shoplake.spark_submit import submit_job
+
+            submit_job("silver", "--start", dates[0].isoformat(), "--end", dates[-1].isoformat(),
+                       "--run-id", plan["run_id"])  # fmt: skip
+            return orchestration.silver_result(dates, plan["run_id"])
+        return orchestration.build_silver(dates, plan["run_id"]).log()
+
+    @task
+    def validate_silver(plan: dict[str, Any], built: dict[str, Any]) -> dict[str, Any]:
+        from shoplake import orchestration
+
+        if not built:
+            return {}
+        dates = [_day(d) for d in built["dates"]]
+        return orchestration.validate_silver(built["version"], dates, built["quarantine_share"], plan["run_id"]).log()
+
+    @task(**TRANSIENT)
+    def gold(plan: dict[str, Any], silver_checked: dict[str, Any]) -> dict[str, Any]:
+        from shoplake import orchestration
+
+        if _skipped(plan, "gold"):
+            return {}
+        as_of = _day(plan["dates"][-1]) if plan["dates"] else orchestration.latest_silver_date()
+        if get_settings().spark_submit and plan["sample_fraction"] == 1:
+            from shoplake.spark_submit import submit_job
+
+            submit_job("gold", "--date", as_of.isoformat(), "--run-id", plan["run_id"])
+            return orchestration.gold_result(as_of)
+        return orchestration.build_gold(as_of, plan["run_id"], plan["sample_fraction"]).log()
+
+    @task(outlets=GOLD_ASSETS)
+    def validate_gold(plan: dict[str, Any], built: dict[str, Any]) -> dict[str, Any]:
+        from shoplake import orchestration
+
+        if not built:
+            return {}
+        return orchestration.validate_gold(
+            built["versions"], _day(built["as_of"]), plan["run_id"], plan["sample_fraction"]
+        ).log()
+
+    @task(pool="gpu", **TRANSIENT)
+    def embed_items(plan: dict[str, Any], gold_checked: dict[str, Any]) -> dict[str, Any]:
+        from shoplake import orchestration
+
+        if _skipped(plan, "embed"):
+            return {}
+        return orchestration.embed(plan["run_id"], plan["full_refresh"]).log()
+
+    @task
+    def knowledge_graph(plan: dict[str, Any], embedded: dict[str, Any]) -> dict[str, Any]:
+        from shoplake import orchestration
+
+        if _skipped(plan, "kg"):
+            return {}
+        as_of = _day(plan["dates"][-1]) if plan["dates"] else orchestration.latest_silver_date()
+        return {"as_of": as_of.isoformat(), **orchestration.knowledge_graph(as_of, plan["run_id"]).log()}
+
+    @task(outlets=GRAPH_ASSETS)
+    def validate_graph(plan: dict[str, Any], graph: dict[str, Any]) -> dict[str, Any]:
+        from shoplake import orchestration
+
+        if not graph:
+            return {}
+        return orchestration.validate_graph(_day(graph["as_of"]), plan["run_id"]).log()
+
+    @task(**TRANSIENT)
+    def publish_features(plan: dict[str, Any], graph_checked: dict[str, Any]) -> dict[str, Any]:
+        """Materializes what the gates published (a failed gate restored the last good contents)."""
+        from shoplake import orchestration
+
+        return orchestration.publish_features(plan["full_refresh"]).log()
+
+    @task
+    def consistency_check(published: dict[str, Any]) -> dict[str, Any]:
+        from shoplake import orchestration
+
+        return orchestration.check_features().log()
+
+    @task(trigger_rule="all_done")
+    def data_docs() -> dict[str, Any]:
+        """Runs whatever happened upstream: a failed gate is exactly when people need the report."""
+        from shoplake import orchestration
+
+        return orchestration.data_docs().log()
+
+    plan = plan_run()
+    landed = ingest(plan)
+    raw_checked = validate_raw(plan, landed)
+    built_silver = silver(plan, landed)
+    raw_checked >> built_silver
+    silver_checked = validate_silver(plan, built_silver)
+    built_gold = gold(plan, silver_checked)
+    gold_checked = validate_gold(plan, built_gold)
+    graph = knowledge_graph(plan, embed_items(plan, gold_checked))
+    consistency_check(publish_features(plan, validate_graph(plan, graph))) >> data_docs()
+
+
+shoplake_daily()

@@ -1,0 +1,326 @@
+"""Feast for shoplake: the store of each environment, publishing (apply + materialize), and the consistency check.
+
+Environments (``SHOPLAKE_FEAST_ENV``), each also written as a ``feature_store.yaml`` under ``feature_repo/``:
+- ``local``: file registry and SQLite online store under ``$SHOPLAKE_HOME/feast``, Feast's file offline store
+  reading the gold Delta tables through ``deltalake``.
+- ``production``: SQL registry on PostgreSQL (``SHOPLAKE_FEAST_REGISTRY_URL``), Redis online store
+  (``SHOPLAKE_FEAST_REDIS``), Feast's Spark offline store. Delta's Spark connector is absent here, so the gold
+  tables are registered as Spark temporary views over their Delta snapshots (``register_spark_tables``).
+
+Publishing applies the definitions (re-applying keeps each view's materialization watermark) and materializes each
+feature view from its watermark — on the first run from its table's earliest feature time — up to the run's
+feature time; Feast writes the online store in batches. Connection failures are retried with backoff and then
+reported as one clear error; the registry is written only by ``apply``, which Feast commits as a whole.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from shoplake.errors import ShoplakeError
+from shoplake.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+REPO_DIR = Path(__file__).resolve().parent.parent / "feature_repo"
+PROJECT = "shoplake"
+FEATURE_TABLES = ("user_features", "user_items", "item_features", "item_neighbors", "item_embeddings")
+T = TypeVar("T")
+
+
+class FeatureStoreError(ShoplakeError):
+    """The feature store could not be reached or refused an operation."""
+
+
+def repo_config(settings: Settings | None = None) -> Any:
+    from feast.repo_config import RepoConfig
+
+    settings = settings or get_settings()
+    feast_dir = settings.home / "feast"
+    feast_dir.mkdir(parents=True, exist_ok=True)
+    if settings.feast_env == "production":
+        return RepoConfig(
+            project=PROJECT, provider="local", entity_key_serialization_version=3,
+            registry={"registry_type": "sql", "path": settings.feast_registry_url, "cache_ttl_seconds": 60,
+                      "sqlalchemy_config_kwargs": {"pool_pre_ping": True}},
+            online_store={"type": "redis", "connection_string": settings.feast_redis},
+            offline_store={"type": "spark", "spark_conf": {"spark.sql.session.timeZone": "UTC"}},
+            repo_path=str(REPO_DIR),
+        )  # fmt: skip
+    return RepoConfig(
+        project=PROJECT, provider="local", entity_key_serialization_version=3,
+        registry={"registry_type": "file", "path": str(feast_dir / "registry.db"), "cache_ttl_seconds": 0},
+        online_store={"type": "sqlite", "path": str(feast_dir / "online.db")},
+        offline_store={"type": "file"},
+        repo_path=str(REPO_DIR),
+    )  # fmt: skip
+
+
+def retrying(what: str, call: Callable[[], T], attempts: int = 3, first_wait: float = 1.0) -> T:
+    """Retry a call that fails on a connection (Redis, PostgreSQL down) with backoff, then one clear error."""
+    errors = _connection_errors()
+    wait = first_wait
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except errors as error:
+            if attempt == attempts:
+                raise FeatureStoreError(f"{what}: the feature store is unreachable after {attempts} attempts "
+                                        f"({type(error).__name__}: {error})") from error  # fmt: skip
+            log.warning("%s failed (%s); retrying in %.0f s", what, error, wait)
+            time.sleep(wait)
+            wait *= 2
+    raise AssertionError("unreachable")
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    import redis
+    import sqlalchemy.exc
+
+    return (redis.exceptions.ConnectionError, sqlalchemy.exc.OperationalError, ConnectionError, OSError)
+
+
+def get_store(settings: Settings | None = None) -> FeatureStore:
+    from feast import FeatureStore
+
+    settings = settings or get_settings()
+    return retrying("opening the feature store", lambda: FeatureStore(config=repo_config(settings)))
+
+
+def definitions() -> list[Any]:
+    """Every Feast object of ``feature_repo/`` (entities, views, services), built for the current settings.
+
+    The modules read the settings (table paths, environment) when they run, so they are re-run on each call:
+    objects built for another lake or environment earlier in the process must not leak into this one."""
+    import importlib
+
+    from feature_repo import data_sources, entities, feature_services, feature_views
+
+    for module in (data_sources, feature_views, feature_services):
+        importlib.reload(module)
+
+    objects: list[Any] = [entities.user, entities.item]
+    objects += [
+        feature_views.user_profile, feature_views.user_activity, feature_views.user_category_affinity,
+        feature_views.user_history, feature_views.item_stats, feature_views.item_embedding,
+        feature_views.item_neighbors, feature_views.price_for_user,
+        feature_services.recommender_v1, feature_services.marketing_analytics_v1,
+    ]  # fmt: skip
+    return objects
+
+
+def register_spark_tables(spark: SparkSession) -> list[str]:
+    """Production's Spark offline store reads ``shoplake_<table>``: temporary views over the Delta snapshots."""
+    from feature_repo.data_sources import SPARK_TABLE_PREFIX
+    from shoplake import storage
+
+    registered = []
+    for table in FEATURE_TABLES:
+        if storage.table_version(table) is not None:
+            storage.read_table(spark, table).createOrReplaceTempView(f"{SPARK_TABLE_PREFIX}{table}")
+            registered.append(table)
+    return registered
+
+
+def apply(store: FeatureStore) -> None:
+    objects = definitions()
+    retrying("feast apply", lambda: store.apply(objects))
+
+
+@dataclass(frozen=True)
+class Materialized:
+    view: str
+    start: dt.datetime
+    end: dt.datetime
+
+
+def feature_time_range(spark: SparkSession, table: str, column: str) -> tuple[dt.datetime, dt.datetime] | None:
+    """Earliest and latest feature time in a gold table (None when it is empty or missing)."""
+    from pyspark.sql import functions as F
+
+    from shoplake import storage
+
+    if storage.table_version(table) is None:
+        return None
+    low, high = storage.read_table(spark, table).agg(F.min(column), F.max(column)).collect()[0]
+    if low is None:
+        return None
+    return low.replace(tzinfo=dt.UTC), high.replace(tzinfo=dt.UTC)
+
+
+def publish(spark: SparkSession, settings: Settings | None = None, *, full_refresh: bool = False) -> list[Materialized]:
+    """Apply the definitions, then bring every feature view's online values up to its table's latest feature time.
+
+    The watermark follows feature time (the end of a gold date; an embedding's creation), not the clock, so a
+    shop's history loads on the first publish and each daily run adds its date. A rerun of an older date is
+    republished with ``full_refresh`` (materializes each view from its earliest feature time again)."""
+    settings = settings or get_settings()
+    if settings.feast_env == "production":
+        register_spark_tables(spark)
+    store = get_store(settings)
+    apply(store)
+    done = []
+    for view in store.list_feature_views():
+        source = _source(view)
+        times = feature_time_range(spark, source.name.removesuffix("_source"), source.timestamp_field)
+        if times is None:
+            log.info("%s: its table is empty; nothing to materialize", view.name)
+            continue
+        earliest, latest = times
+        end = latest + dt.timedelta(seconds=1)
+        intervals = [] if full_refresh else view.materialization_intervals
+        start = max(i[1] for i in intervals) if intervals else earliest - dt.timedelta(seconds=1)
+        if start >= end:
+            log.info("%s: already materialized up to %s", view.name, start)
+            continue
+
+        def materialize(name: str = view.name, since: dt.datetime = start, until: dt.datetime = end) -> None:
+            store.materialize(start_date=since, end_date=until, feature_views=[name])
+
+        retrying(f"materializing {view.name}", materialize)
+        done.append(Materialized(view.name, start, end))
+    return done
+
+
+def _source(view: Any) -> Any:
+    if view.batch_source is None:
+        raise FeatureStoreError(f"feature view {view.name} has no batch source")
+    return view.batch_source
+
+
+def online_features(store: FeatureStore, features: list[str] | Any, entity_rows: list[dict[str, Any]]) -> dict:
+    return retrying("reading online features",
+                    lambda: store.get_online_features(features=features, entity_rows=entity_rows).to_dict())  # fmt: skip
+
+
+def _same(online: Any, offline: Any) -> bool:
+    import math
+
+    if online is None or offline is None:
+        return online is None and offline is None
+    if isinstance(offline, (list, tuple)):
+        return len(online) == len(offline) and all(_same(a, b) for a, b in zip(online, offline, strict=True))
+    if isinstance(offline, float) or isinstance(online, float):
+        return math.isclose(float(online), float(offline), rel_tol=1e-6, abs_tol=1e-6)
+    return bool(online == offline)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_consistency(spark: SparkSession, store: FeatureStore, sample: int = 50) -> dict[str, int]:
+    """Sample entities of every feature view; their online values must equal the latest offline values.
+
+    Returns the entities compared per view; raises ``FeatureStoreError`` listing the first mismatches."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from shoplake import storage
+
+    compared: dict[str, int] = {}
+    mismatches: list[str] = []
+    for view in store.list_feature_views():
+        source = _source(view)
+        table = source.name.removesuffix("_source")
+        if storage.table_version(table) is None:
+            continue
+        key = view.entity_columns[0].name
+        order = [F.desc(source.timestamp_field)]
+        if source.created_timestamp_column:
+            order.append(F.desc(source.created_timestamp_column))
+        names = [f.name for f in view.features]
+        latest = (
+            storage.read_table(spark, table)
+            .withColumn("_n", F.row_number().over(Window.partitionBy(key).orderBy(*order)))
+            .filter(F.col("_n") == 1)
+            .orderBy(F.xxhash64(key))
+            .limit(sample)
+            .select(key, *names)
+            .collect()
+        )
+        if not latest:
+            continue
+        online = online_features(store, [f"{view.name}:{n}" for n in names], [{key: r[key]} for r in latest])
+        for i, row in enumerate(latest):
+            for name in names:
+                if not _same(online[name][i], row[name]):
+                    mismatches.append(f"{view.name} {key}={row[key]} {name}: online {_short(online[name][i])} "
+                                      f"≠ offline {_short(row[name])}")  # fmt: skip
+        compared[view.name] = len(latest)
+    if mismatches:
+        raise FeatureStoreError(f"online and offline features differ ({len(mismatches)} values):\n  "
+                                + "\n  ".join(mismatches[:10]))  # fmt: skip
+    return compared
+
+
+def historical_features(spark: SparkSession, store: FeatureStore, entity_df: Any, features: list[str]) -> Any:
+    """``get_historical_features`` that keeps every entity row, whatever Feast's offline store does with it.
+
+    Feast 0.67's file (dask) offline store fails when an entity has no rows in a view's source (nulls in the merged
+    timestamp column break dask's sort), and silently drops an entity row whose only feature rows lie after it.
+    So each view is asked only for the rows whose entities its source holds, and the answers are joined back onto
+    every entity row by position: a row without a feature value at its time gets nulls, as point-in-time
+    correctness requires. Feature columns are named ``<view>__<feature>``."""
+    import pandas as pd
+
+    from shoplake import storage
+
+    rows = entity_df.reset_index(drop=True).assign(_row=lambda df: range(len(df)))
+    by_view: dict[str, list[str]] = {}
+    for ref in features:
+        by_view.setdefault(ref.split(":")[0], []).append(ref)
+    known_keys: dict[tuple[str, str], set[Any]] = {}
+
+    def keys_of(table: str, key: str) -> set[Any]:
+        if (table, key) not in known_keys:
+            found = (
+                storage.read_table(spark, table).select(key).distinct()
+                if storage.table_version(table) is not None
+                else None
+            )
+            known_keys[table, key] = {r[0] for r in found.collect()} if found is not None else set()
+        return known_keys[table, key]
+
+    result = rows
+    for view_name, refs in by_view.items():
+        needs = _entity_sources(store, view_name)  # (table, join key) pairs the view's values come from
+        mask = pd.Series(True, index=rows.index)
+        for table, key in needs:
+            mask &= rows[key].isin(keys_of(table, key))
+        columns = [ref.replace(":", "__") for ref in refs]
+        subset = rows.loc[mask, [*{k for _, k in needs}, "event_timestamp", "_row"]]
+        if subset.empty:
+            result = result.assign(**{c: None for c in columns})
+            continue
+
+        def fetch(subset: Any = subset, refs: list[str] = refs) -> Any:
+            job = store.get_historical_features(entity_df=subset, features=refs, full_feature_names=True)
+            return job.to_df()
+
+        got = retrying(f"historical features of {view_name}", fetch)
+        result = result.merge(got[["_row", *columns]], on="_row", how="left")
+    result = result.sort_values("_row").drop(columns="_row").reset_index(drop=True)
+    text = [c for c in result.columns if c not in entity_df.columns and result[c].dtype == object]
+    result[text] = result[text].astype(object).where(result[text].notna(), None)  # missing text: None, not NaN
+    return result
+
+
+def _entity_sources(store: FeatureStore, view_name: str) -> list[tuple[str, str]]:
+    """(source table, join key) for a feature view, or for each source view of an on-demand view."""
+    try:
+        views = [store.get_feature_view(view_name)]
+    except Exception:  # noqa: BLE001 - not a plain view: an on-demand one
+        odfv = store.get_on_demand_feature_view(view_name)
+        views = [store.get_feature_view(p.name) for p in odfv.source_feature_view_projections.values()]
+    return [(_source(v).name.removesuffix("_source"), v.entity_columns[0].name) for v in views]

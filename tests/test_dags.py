@@ -1,0 +1,115 @@
+"""The Airflow DAGs as Airflow recommends testing them: integrity, parameter validation, and ``dag.test()`` of the
+daily DAG end to end on the bundled sample."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shoplake import storage
+from shoplake.airflow_setup import DAGS_FOLDER, POOLS, ensure_pools
+from shoplake.errors import ShoplakeError
+from shoplake.orchestration import plan_run
+from tests.conftest import SAMPLE_EVENTS
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """Airflow's metadata database (SQLite, in the tests' throwaway AIRFLOW_HOME) with shoplake's pools."""
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True, capture_output=True)
+    ensure_pools()
+
+
+@pytest.fixture(scope="session")
+def dagbag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS_FOLDER))
+
+
+def test_every_dag_imports_without_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert "shoplake_daily" in dagbag.dag_ids
+
+
+def test_dags_are_documented_owned_tagged_and_retried(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.tags, dag_id
+        assert dag.doc_md and "Triage" in dag.doc_md, dag_id
+        assert not dag.catchup, dag_id
+        for task in dag.tasks:
+            assert task.owner == "shoplake", task.task_id
+            assert task.retries >= 1, task.task_id
+
+
+def test_pools_the_tasks_use_exist(dagbag):
+    from airflow.models.pool import Pool
+
+    used = {task.pool for dag in dagbag.dags.values() for task in dag.tasks}
+    assert "gpu" in used
+    for name in used - {"default_pool"}:
+        assert name in POOLS and Pool.get_pool(name) is not None, name
+    assert dagbag.get_dag("shoplake_daily").get_task("embed_items").pool == "gpu"
+
+
+def test_the_daily_dag_runs_its_stages_in_order(dagbag):
+    dag = dagbag.get_dag("shoplake_daily")
+    order = ["plan_run", "ingest", "silver", "validate_silver", "gold", "validate_gold", "embed_items",
+             "knowledge_graph", "validate_graph", "data_docs"]  # fmt: skip
+    for upstream, downstream in zip(order, order[1:], strict=False):
+        assert downstream in dag.get_task(upstream).get_flat_relative_ids(upstream=False), (upstream, downstream)
+    assert "validate_raw" in dag.get_task("silver").get_flat_relative_ids(upstream=True)
+    outlets = {a.uri for t in dag.tasks for a in t.outlets}
+    assert "shoplake://lake/user_features" in outlets and "shoplake://lake/kg_edges" in outlets
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("date", "2019-13-01"), ("date", "yesterday"), ("start", "2019/10/01"), ("sample_fraction", 0),
+     ("sample_fraction", 1.5), ("skip_stages", ["publish_everything"]), ("full_refresh", "yes")],
+)  # fmt: skip
+def test_params_reject_bad_values(dagbag, name, value):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    param = dagbag.get_dag("shoplake_daily").params.get_param(name)
+    with pytest.raises(ParamValidationError):
+        param.resolve(value)
+
+
+def test_good_params_pass(dagbag):
+    params = dagbag.get_dag("shoplake_daily").params
+    assert params.get_param("date").resolve("2019-10-01") == "2019-10-01"
+    assert params.get_param("skip_stages").resolve(["embed", "kg"]) == ["embed", "kg"]
+    assert params.get_param("sample_fraction").resolve(0.25) == 0.25
+
+
+def test_params_that_do_not_fit_together_are_refused_before_any_data_task():
+    with pytest.raises(ShoplakeError, match="end 2019-10-01 is before start 2019-10-05"):
+        plan_run({"start": "2019-10-05", "end": "2019-10-01"}, None, "manual__x")
+    with pytest.raises(ShoplakeError, match="either a date or a start/end range"):
+        plan_run({"date": "2019-10-01", "start": "2019-10-01"}, None, "manual__x")
+    plan = plan_run({"start": "2019-10-01", "end": "2019-10-03"}, None, "manual__2026-01-01T00:00:00+00:00")
+    assert plan["dates"] == ["2019-10-01", "2019-10-02", "2019-10-03"]
+    assert plan["run_id"] == "airflow-manual__2026-01-01T00-00-00-00-00"
+    scheduled = plan_run({}, dt.datetime(2019, 10, 7, tzinfo=dt.UTC), "scheduled__x")
+    assert scheduled["dates"] == ["2019-10-07"] and scheduled["sample_fraction"] == 1.0
+
+
+@pytest.mark.slow
+def test_dag_test_runs_the_whole_pipeline_on_the_sample(spark, lake, dagbag):
+    from airflow.utils.state import DagRunState
+
+    dag = dagbag.get_dag("shoplake_daily")
+    run = dag.test(run_conf={"events": str(SAMPLE_EVENTS), "date": "2019-10-01"})
+    assert run.state == DagRunState.SUCCESS
+    assert storage.read_table(spark, "silver_events").count() == 17_410
+    for table in ("interactions", "user_features", "item_features", "item_embeddings", "kg_nodes", "kg_edges"):
+        assert storage.table_version(table) is not None, table
+    from expectations.gate import published_version
+
+    assert published_version(spark, "user_features") == storage.table_version("user_features")
+    assert (lake / "reports" / "data_docs" / "runs.html").is_file()

@@ -1,0 +1,162 @@
+"""Feast: publishing hand-made gold tables, online retrieval, the online = offline check, point-in-time training
+joins without leakage, and the production environment against the real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pandas as pd
+import pytest
+
+from shoplake import feature_store, storage
+from shoplake.catalog import ITEM_EMBEDDINGS, ITEM_FEATURES, ITEM_NEIGHBORS, USER_FEATURES, USER_ITEMS
+from shoplake.settings import get_settings
+
+AT = dt.datetime(2026, 1, 1)
+
+
+def end_of(day: int) -> dt.datetime:
+    return dt.datetime(2019, 10, day + 1)
+
+
+def row(spec, **values):
+    base = dict.fromkeys(spec.columns)
+    base.update(values)
+    return [base[c] for c in spec.columns]
+
+
+def user_row(user, day, segment, monetary=10.0, frequency=1):
+    return row(USER_FEATURES, user_id=user, segment=segment, monetary=monetary, frequency=frequency, r_score=3,
+               views_7d=day, top_categories=["kids.toys"], top_category_shares=[1.0],
+               event_timestamp=end_of(day), created_timestamp=AT, as_of_date=dt.date(2019, 10, day))  # fmt: skip
+
+
+def item_row(item, day, price):
+    return row(ITEM_FEATURES, item_id=item, price_mean=price, views_7d=day, popularity_rank=item,
+               category_code="kids.toys", event_timestamp=end_of(day), created_timestamp=AT,
+               as_of_date=dt.date(2019, 10, day))  # fmt: skip
+
+
+def write_gold(spark, users, items):
+    def write(spec, rows):
+        storage.write_table(spark.createDataFrame(rows, spec.schema), spec, "append", run_id="t")
+
+    write(USER_FEATURES, users)
+    write(ITEM_FEATURES, items)
+    day = dt.date(2019, 10, 1)
+    write(USER_ITEMS, [row(USER_ITEMS, user_id=7, item_ids=[10], item_scores=[2.0], bought_item_ids=[],
+                           event_timestamp=end_of(1), created_timestamp=AT, as_of_date=day)])  # fmt: skip
+    write(ITEM_NEIGHBORS, [row(ITEM_NEIGHBORS, item_id=10, neighbor_ids=[11], neighbor_weights=[0.5],
+                               event_timestamp=end_of(1), created_timestamp=AT, as_of_date=day)])  # fmt: skip
+    write(ITEM_EMBEDDINGS, [row(ITEM_EMBEDDINGS, item_id=i, model="all-MiniLM-L6-v2", dim=384,
+                                embedding=[1.0] + [0.0] * 383, content_hash="h", embedded_at=AT) for i in (10, 11)])  # fmt: skip
+
+
+def test_publish_serves_online_matches_offline_and_keeps_its_watermark(spark, lake):
+    write_gold(
+        spark, [user_row(7, 1, "browsers"), user_row(8, 1, "loyal")], [item_row(10, 1, 5.0), item_row(11, 1, 8.0)]
+    )
+    done = feature_store.publish(spark)
+    assert {m.view for m in done} >= {"user_profile", "item_stats", "item_embedding", "item_neighbors", "user_history"}
+    store = feature_store.get_store()
+    online = feature_store.online_features(
+        store,
+        store.get_feature_service("recommender_v1"),
+        [{"user_id": 7, "item_id": 10}, {"user_id": 999, "item_id": 10}],
+    )
+    assert online["segment"] == ["browsers", None]  # an unknown user: null features, not an error
+    assert online["neighbor_ids"] == [[11], [11]] and online["item_ids"] == [[10], None]
+    assert online["price_to_user_average"][0] == pytest.approx(0.5)  # 5.0 ÷ (10.0 / 1)
+    assert feature_store.check_consistency(spark, store)["user_profile"] == 2
+
+    assert feature_store.publish(spark) == []  # re-applying kept the watermark
+    write_gold(spark, [user_row(7, 2, "champions")], [])
+    again = feature_store.publish(spark)
+    assert "user_profile" in {m.view for m in again}
+    store = feature_store.get_store()
+    assert feature_store.online_features(store, ["user_profile:segment"], [{"user_id": 7}])["segment"] == ["champions"]
+    feature_store.check_consistency(spark, store)
+
+    from feast.errors import FeatureServiceNotFoundException
+
+    with pytest.raises(FeatureServiceNotFoundException):
+        store.get_feature_service("recommender_v9")
+
+
+def test_a_changed_online_value_fails_the_consistency_check(spark, lake):
+    write_gold(spark, [user_row(7, 1, "browsers")], [item_row(10, 1, 5.0)])
+    feature_store.publish(spark)
+    store = feature_store.get_store()
+    tampered = storage.read_table(spark, USER_FEATURES).toPandas()
+    tampered["segment"] = "champions"
+    tampered["event_timestamp"] = tampered["event_timestamp"].dt.tz_localize("UTC")
+    store.write_to_online_store("user_profile", tampered)
+    with pytest.raises(feature_store.FeatureStoreError, match="user_profile user_id=7 segment: online 'champions'"):
+        feature_store.check_consistency(spark, store)
+
+
+def test_training_joins_are_point_in_time_correct(spark, lake):
+    # user 7 is "browsers" as of the end of Oct 1 and "champions" as of the end of Oct 2; item 10 costs 5 then 8
+    write_gold(spark, [user_row(7, 1, "browsers"), user_row(7, 2, "champions")],
+               [item_row(10, 1, 5.0), item_row(10, 2, 8.0)])  # fmt: skip
+    store = feature_store.get_store()
+    feature_store.apply(store)
+    times = ["2019-10-01 12:00", "2019-10-02 00:00", "2019-10-02 23:59", "2019-10-03 08:00", "2019-10-09 00:00"]
+    entity_df = pd.DataFrame({
+        "user_id": [7, 7, 7, 7, 7, 999][: len(times) + 1], "item_id": [10] * 6, "label": [0, 1, 0, 1, 0, 1],
+        "event_timestamp": pd.to_datetime([*times, "2019-10-02 12:00"]).tz_localize("UTC"),
+    })  # fmt: skip
+    joined = feature_store.historical_features(
+        spark,
+        store,
+        entity_df,
+        ["user_profile:segment", "item_stats:price_mean", "price_for_user:price_to_user_average"],
+    )
+    assert len(joined) == 6  # every entity row kept
+    assert joined["user_profile__segment"].tolist() == [None, "browsers", "browsers", "champions", None, None]
+    #  before any feature time: nothing; at and after Oct 1's end: Oct 1's value, never Oct 2's before its end;
+    #  6 days after the last feature time the 3-day TTL has passed; an unknown user gets nulls
+    prices = joined["item_stats__price_mean"].tolist()
+    assert pd.isna(prices[0]) and prices[1:4] == [5.0, 5.0, 8.0] and pd.isna(prices[4]) and prices[5] == 5.0
+    assert joined["price_for_user__price_to_user_average"].tolist()[1:4] == pytest.approx([0.5, 0.5, 0.8])
+    assert joined["label"].tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_production_environment_on_postgres_and_redis(spark, lake, monkeypatch, postgres, redis):
+    import psycopg
+
+    database = f"shoplake_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {database}")
+    try:
+        monkeypatch.setenv("SHOPLAKE_FEAST_ENV", "production")
+        monkeypatch.setenv("SHOPLAKE_FEAST_REGISTRY_URL", f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}")
+        monkeypatch.setenv("SHOPLAKE_FEAST_REDIS", "127.0.0.1:6379,db=9")
+        get_settings.cache_clear()
+        import redis as redis_client
+
+        redis_client.Redis(db=9).flushdb()
+        write_gold(spark, [user_row(7, 1, "browsers"), user_row(8, 1, "loyal")], [item_row(10, 1, 5.0)])
+        done = feature_store.publish(spark)
+        assert "user_profile" in {m.view for m in done}
+        store = feature_store.get_store()
+        online = feature_store.online_features(store, store.get_feature_service("marketing_analytics_v1"),
+                                               [{"user_id": 8}, {"user_id": 404}])  # fmt: skip
+        assert online["segment"] == ["loyal", None]
+        assert feature_store.check_consistency(spark, store)["user_profile"] == 2
+        # the Spark offline store reads the same Delta snapshots through the views the storage layer registers
+        joined = feature_store.historical_features(spark, store, pd.DataFrame({
+            "user_id": [7], "item_id": [10], "event_timestamp": pd.to_datetime(["2019-10-02 06:00"]).tz_localize("UTC"),
+        }), ["user_profile:segment"])  # fmt: skip
+        assert joined["user_profile__segment"].tolist() == ["browsers"]
+
+        monkeypatch.setenv("SHOPLAKE_FEAST_REDIS", "127.0.0.1:1,db=9")  # nothing listens there
+        get_settings.cache_clear()
+        down = feature_store.get_store()
+        with pytest.raises(feature_store.FeatureStoreError, match="unreachable after 3 attempts"):
+            feature_store.online_features(down, ["user_profile:segment"], [{"user_id": 8}])
+    finally:
+        get_settings.cache_clear()
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
