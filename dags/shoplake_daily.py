@@ -3,7 +3,8 @@
 
 Every day: land the new behaviour files, clean them into silver, compute the gold features, embed changed items,
 rebuild the product knowledge graph — each stage gated by its Great Expectations suite — publish the features to
-Feast, check that online and offline values agree, and write the Data Docs.
+Feast, check that online and offline values agree, evaluate the recommender, and write the Data Docs. Once the
+features are online it emits the `shoplake://feast/features` asset, on which `shoplake_marketing` runs.
 
 **Trigger with parameters** (Trigger DAG ▸ with config): `date`, or `start` and `end` for a backfill; `full_refresh`
 rebuilds silver for every date in bronze and re-embeds every item; `skip_stages` leaves stages out (the tables keep
@@ -35,6 +36,7 @@ from shoplake.settings import get_settings
 
 GOLD_ASSETS = [Asset(f"shoplake://lake/{name}") for name in ("interactions", "user_features", "item_features")]
 GRAPH_ASSETS = [Asset(f"shoplake://lake/{name}") for name in ("item_embeddings", "kg_nodes", "kg_edges")]
+FEATURES_ONLINE = Asset("shoplake://feast/features")  # shoplake_marketing is scheduled on it
 DATE = {"type": ["null", "string"], "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$"}
 TRANSIENT = {"retries": 2, "retry_delay": dt.timedelta(seconds=30), "retry_exponential_backoff": True}
 
@@ -52,7 +54,7 @@ def _skipped(plan: dict[str, Any], stage: str) -> bool:
 
 @dag(
     dag_id="shoplake_daily",
-    schedule=get_settings().daily_schedule,
+    schedule=get_settings().daily_schedule_or_none,
     start_date=pendulum.datetime(2019, 10, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -182,11 +184,19 @@ def shoplake_daily() -> None:
 
         return orchestration.publish_features(plan["full_refresh"]).log()
 
-    @task
+    @task(outlets=[FEATURES_ONLINE])
     def consistency_check(published: dict[str, Any]) -> dict[str, Any]:
+        """Emits the asset downstream DAGs wait for only once online and offline values agree."""
         from shoplake import orchestration
 
         return orchestration.check_features().log()
+
+    @task
+    def evaluate_recommender(plan: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
+        from shoplake import orchestration
+
+        as_of = _day(plan["dates"][-1]) if plan["dates"] else orchestration.latest_silver_date()
+        return orchestration.evaluate_recommender(as_of, plan["run_id"]).log()
 
     @task(trigger_rule="all_done")
     def data_docs() -> dict[str, Any]:
@@ -204,7 +214,8 @@ def shoplake_daily() -> None:
     built_gold = gold(plan, silver_checked)
     gold_checked = validate_gold(plan, built_gold)
     graph = knowledge_graph(plan, embed_items(plan, gold_checked))
-    consistency_check(publish_features(plan, validate_graph(plan, graph))) >> data_docs()
+    checked = consistency_check(publish_features(plan, validate_graph(plan, graph)))
+    evaluate_recommender(plan, checked) >> data_docs()
 
 
 shoplake_daily()

@@ -6,3 +6,7 @@ user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64, de
 item = Entity(
     name="item", join_keys=["item_id"], value_type=ValueType.INT64, description="A product (REES46 product_id)."
 )
+category = Entity(
+    name="category", join_keys=["category"], value_type=ValueType.STRING,
+    description="A category path at any level (e.g. electronics, electronics.smartphone), or (all) for the shop.",
+)  # fmt: skip

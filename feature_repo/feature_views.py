@@ -13,7 +13,7 @@ from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Array, Float32, Float64, Int64, String
 
 from feature_repo import data_sources
-from feature_repo.entities import item, user
+from feature_repo.entities import category, item, user
 from shoplake.encoder import ModelSpec
 from shoplake.settings import get_settings
 
@@ -122,6 +122,15 @@ item_neighbors = FeatureView(
         Field(name="neighbor_ids", dtype=Array(Int64), description="Top-K neighbour item ids, strongest first."),
         Field(name="neighbor_weights", dtype=Array(Float64), description="Their cosine-like weights w_ij."),
     ],
+)
+
+category_popular = FeatureView(
+    name="category_popular",
+    entities=[category],
+    ttl=DAILY_TTL,
+    source=data_sources.category_popular,
+    description="Most popular items of a category (or of the whole shop): the recommender's cold start.",
+    schema=[Field(name="item_ids", dtype=Array(Int64), description="Item ids, most popular first.")],
 )
 
 

@@ -132,6 +132,13 @@ USER_ITEMS = TableSpec(
     description="Each user's highest-scored items r(u, j) and bought items as one row, for online scoring.",
 )  # fmt: skip
 
+CATEGORY_POPULAR = TableSpec(
+    "category_popular", "gold",
+    _fields(("category", S), ("item_ids", T.ArrayType(L)), *FEATURE_TIMES, ("as_of_date", DT)),
+    keys=("as_of_date", "category"), partition_by=("as_of_date",),
+    description="Most popular items per category path (every level) and of the whole shop ('(all)'): cold starts.",
+)  # fmt: skip
+
 USER_FEATURES = TableSpec(
     "user_features", "gold",
     _fields(
@@ -221,7 +228,7 @@ TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
         BRONZE_EVENTS, QUARANTINE_EVENTS, SILVER_EVENTS, INTERACTIONS, ITEM_SIMILARITY, CF_RECOMMENDATIONS,
-        ITEM_NEIGHBORS, USER_ITEMS, USER_FEATURES, ITEM_FEATURES, ITEMS, ITEM_EMBEDDINGS, KG_NODES, KG_EDGES, RUN_METRICS, PUBLISHED_VERSIONS,
+        ITEM_NEIGHBORS, USER_ITEMS, CATEGORY_POPULAR, USER_FEATURES, ITEM_FEATURES, ITEMS, ITEM_EMBEDDINGS, KG_NODES, KG_EDGES, RUN_METRICS, PUBLISHED_VERSIONS,
     )
 }  # fmt: skip
 

@@ -217,6 +217,45 @@ def publish(
     _publish(full_refresh)
 
 
+@app.command()
+@_clear_errors
+def recommend(
+    user: Annotated[int, typer.Option("--user", help="The user's id.")],
+    k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
+) -> None:
+    """Top-k items for a user as JSON, from online features only (Feast SDK)."""
+    import json
+
+    from shoplake.feature_store import get_store
+    from shoplake.recommender import recommend as recommend_items
+
+    typer.echo(json.dumps(recommend_items(get_store(), user, k).to_dict(), indent=2))
+
+
+@app.command()
+@_clear_errors
+def evaluate(date: DateOption = None, run_id: RunIdOption = None) -> None:
+    """Recall/NDCG/HitRate@K of the recommender against popularity on a time split of the history."""
+    from shoplake import orchestration
+    from spark_jobs.bronze import new_run_id
+
+    as_of = date.date() if date else _latest_silver_date()
+    _say(orchestration.evaluate_recommender(as_of, run_id or new_run_id("evaluate")))
+
+
+report_app = typer.Typer(help="Reports built from the feature store.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("marketing")
+@_clear_errors
+def report_marketing() -> None:
+    """Segment sizes, RFM, category affinity and revenue share as HTML, plus audience exports."""
+    from shoplake import orchestration
+
+    _say(orchestration.marketing_report())
+
+
 @app.command("training-set")
 @_clear_errors
 def training_set(
@@ -320,6 +359,7 @@ def pipeline(
 
     Silver is rebuilt for the dates the given files hold (late files included); gold is computed as of --date,
     or else the latest date in silver."""
+    from shoplake import orchestration
     from spark_jobs.bronze import new_run_id
 
     run_id = run_id or new_run_id("pipeline")
@@ -332,6 +372,8 @@ def pipeline(
     _embed(run_id)
     _kg(as_of, run_id)
     _publish()
+    _say(orchestration.evaluate_recommender(as_of, run_id))
+    _say(orchestration.marketing_report())
     typer.echo(f"\nrun {run_id} done.")
     outputs()
 

@@ -15,7 +15,9 @@ reported as one clear error; the registry is written only by ``apply``, which Fe
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -33,7 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 REPO_DIR = Path(__file__).resolve().parent.parent / "feature_repo"
 PROJECT = "shoplake"
-FEATURE_TABLES = ("user_features", "user_items", "item_features", "item_neighbors", "item_embeddings")
+FEATURE_TABLES = (
+    "user_features", "user_items", "item_features", "item_neighbors", "item_embeddings", "category_popular",
+)  # fmt: skip
 T = TypeVar("T")
 
 
@@ -108,11 +112,11 @@ def definitions() -> list[Any]:
     for module in (data_sources, feature_views, feature_services):
         importlib.reload(module)
 
-    objects: list[Any] = [entities.user, entities.item]
+    objects: list[Any] = [entities.user, entities.item, entities.category]
     objects += [
         feature_views.user_profile, feature_views.user_activity, feature_views.user_category_affinity,
         feature_views.user_history, feature_views.item_stats, feature_views.item_embedding,
-        feature_views.item_neighbors, feature_views.price_for_user,
+        feature_views.item_neighbors, feature_views.category_popular, feature_views.price_for_user,
         feature_services.recommender_v1, feature_services.marketing_analytics_v1,
     ]  # fmt: skip
     return objects
@@ -184,7 +188,9 @@ def publish(spark: SparkSession, settings: Settings | None = None, *, full_refre
             continue
 
         def materialize(name: str = view.name, since: dt.datetime = start, until: dt.datetime = end) -> None:
-            store.materialize(start_date=since, end_date=until, feature_views=[name])
+            with contextlib.redirect_stdout(io.StringIO()) as printed:  # Feast prints progress for terminals
+                store.materialize(start_date=since, end_date=until, feature_views=[name])
+            log.debug("%s", printed.getvalue())
 
         retrying(f"materializing {view.name}", materialize)
         done.append(Materialized(view.name, start, end))

@@ -319,3 +319,21 @@ def check_features(sample: int = 50) -> Step:
     compared = feature_store.check_consistency(_spark(), feature_store.get_store(), sample)
     line = "feast consistency: online = offline for " + ", ".join(f"{v} ({n})" for v, n in compared.items())
     return Step([line], {"compared": compared})
+
+
+def evaluate_recommender(as_of: dt.date, run_id: str) -> Step:
+    """Recall/NDCG/HitRate@K of the recommender against popularity on a time split; stored in run_metrics."""
+    from spark_jobs.evaluation import evaluate
+
+    result = evaluate(_spark(), as_of, run_id=run_id, computed_at=now())
+    k = result.k
+    line = (f"evaluation ({result.users:,} users, split at {result.split_at:%Y-%m-%d %H:%M}): "
+            + ", ".join(f"{m} {v:.4f}" for m, v in result.metrics.items()))  # fmt: skip
+    return Step([line], {"users": result.users, "k": k, **result.metrics})
+
+
+def marketing_report() -> Step:
+    from shoplake.marketing import build_report, report_summary
+
+    report = build_report(_spark())
+    return Step(report_summary(report), {"page": str(report.page), "audiences": report.audiences})

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     feast_redis: str = Field("127.0.0.1:6379", description="production: Feast's Redis online store.")
 
     landing: Path | None = Field(None, description="Folder the daily DAG ingests from; default $SHOPLAKE_HOME/landing.")
-    daily_schedule: str = Field("@daily", description="Cron or preset of the shoplake_daily DAG.")
+    daily_schedule: str = Field("@daily", description="Cron or preset of shoplake_daily; 'none': manual runs only.")
     spark_submit: bool = Field(
         False, description="Airflow runs silver and gold through spark-submit against spark_master, not in-process."
     )
@@ -86,6 +86,10 @@ class Settings(BaseSettings):
         0.05, ge=0, le=1, description="Silver's gate fails when more of a run's bronze rows are quarantined."
     )
 
+    quality_max_training_null_rate: float = Field(
+        0.5, ge=0, le=1, description="A training set's gate fails when a feature column is null more often."
+    )
+
     # gold features
     history_days: int = Field(90, gt=0, description="How far back gold features look from the run date.")
     similarity_top_k: int = Field(50, gt=0, description="Neighbours kept per item.")
@@ -99,6 +103,11 @@ class Settings(BaseSettings):
     cf_max_contributions: int = Field(
         50, gt=0, description="Items j add to the scores of at most this many items i that list j (the closest)."
     )
+    recommend_candidates: int = Field(200, gt=0, description="Candidates the online recommender scores exactly.")
+    recommend_embedding_weight: float = Field(
+        0.3, ge=0, le=1, description="β in (1 − β)·CF + β·cosine(item, user profile)."
+    )
+    popular_items_kept: int = Field(100, gt=0, description="Popular items kept per category for cold starts.")
     label_window_hours: float = Field(24.0, gt=0, description="Training labels: a purchase this soon after a view.")
     rate_prior_strength: float = Field(20.0, ge=0, description="Pseudo-views behind smoothed conversion rates.")
 
@@ -112,6 +121,10 @@ class Settings(BaseSettings):
         if self.lake_uri:
             return self.lake_uri if is_remote_uri(self.lake_uri) else str(Path(self.lake_uri).expanduser().resolve())
         return str(self.home / "lake")
+
+    @property
+    def daily_schedule_or_none(self) -> str | None:
+        return None if self.daily_schedule.strip().lower() in ("", "none") else self.daily_schedule
 
     @property
     def landing_dir(self) -> Path:

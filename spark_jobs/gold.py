@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 
 from shoplake import storage
 from shoplake.catalog import (
+    CATEGORY_POPULAR,
     CF_RECOMMENDATIONS,
     INTERACTIONS,
     ITEM_FEATURES,
@@ -33,7 +34,7 @@ from shoplake.run_metrics import record_metrics
 from shoplake.settings import Settings, get_settings
 from spark_jobs import items
 from spark_jobs.interactions import AsOf, export_matrix, transform_interactions
-from spark_jobs.item_features import transform_item_features
+from spark_jobs.item_features import transform_category_popular, transform_item_features
 from spark_jobs.similarity import (
     transform_baskets,
     transform_cf_recommendations,
@@ -46,6 +47,7 @@ from spark_jobs.user_features import transform_user_features
 log = logging.getLogger(__name__)
 GOLD_TABLES = (
     INTERACTIONS, ITEM_SIMILARITY, ITEM_NEIGHBORS, USER_ITEMS, CF_RECOMMENDATIONS, USER_FEATURES, ITEM_FEATURES,
+    CATEGORY_POPULAR,
 )  # fmt: skip
 BOUGHT_ITEMS_KEPT = 200  # per user, for excluding bought items online
 
@@ -130,7 +132,10 @@ def run_gold(
         CF_RECOMMENDATIONS,
     )
     write(transform_user_features(events, as_of), USER_FEATURES)
-    write(transform_item_features(events, as_of, prior_strength=settings.rate_prior_strength), ITEM_FEATURES)
+    item_features = write(
+        transform_item_features(events, as_of, prior_strength=settings.rate_prior_strength), ITEM_FEATURES
+    )
+    write(transform_category_popular(item_features, as_of, keep=settings.popular_items_kept), CATEGORY_POPULAR)
     out = matrix_dir(settings, as_of_date)
     matrix = export_matrix(interactions, out)
     record_metrics(spark, run_id, "gold", {f"{name}_rows": count for name, count in rows.items()},

@@ -10,10 +10,11 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from shoplake.catalog import COUNT_COLUMN, ITEM_FEATURES, WINDOWS_DAYS
+from shoplake.catalog import CATEGORY_POPULAR, COUNT_COLUMN, ITEM_FEATURES, WINDOWS_DAYS
 from spark_jobs.interactions import AsOf
 
 COUNTED_TYPES = ("view", "cart", "purchase")
+ALL_CATEGORIES = "(all)"  # the whole shop, in category_popular
 UNKNOWN_CATEGORY = "(none)"  # items without a category are ranked among themselves
 
 
@@ -67,3 +68,24 @@ def transform_item_features(events: DataFrame, as_of: AsOf, *, prior_strength: f
     )  # fmt: skip
     features = features.fillna({"distinct_users_30d": 0})
     return as_of.stamp(features).select(*ITEM_FEATURES.columns)
+
+
+def transform_category_popular(item_features: DataFrame, as_of: AsOf, *, keep: int) -> DataFrame:
+    """The ``keep`` most popular items of every category path (each level of it) and of the whole shop
+    (``ALL_CATEGORIES``), in popularity order: what a recommender offers a user it knows nothing else about."""
+    parts = F.split(F.col("category_code"), r"\.")
+    prefixes = F.transform(F.sequence(F.lit(1), F.size(parts)), lambda n: F.array_join(F.slice(parts, 1, n), "."))
+    categories = F.when(F.col("category_code").isNotNull(), F.array_union(prefixes, F.array(F.lit(ALL_CATEGORIES))))
+    placed = item_features.select(
+        "item_id", "popularity_rank",
+        F.explode(F.coalesce(categories, F.array(F.lit(ALL_CATEGORIES)))).alias("category"),
+    )  # fmt: skip
+    best = Window.partitionBy("category").orderBy("popularity_rank", "item_id")
+    top = (
+        placed.withColumn("_n", F.row_number().over(best))
+        .filter(F.col("_n") <= keep)
+        .groupBy("category")
+        .agg(F.array_sort(F.collect_list(F.struct("_n", "item_id"))).alias("ranked"))
+        .select("category", F.transform("ranked", lambda r: r["item_id"]).alias("item_ids"))
+    )
+    return as_of.stamp(top).select(*CATEGORY_POPULAR.columns)

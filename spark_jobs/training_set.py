@@ -63,6 +63,29 @@ def transform_labelled_views(events: DataFrame, label_window_hours: float) -> Da
     )
 
 
+def check_training_set(
+    spark: SparkSession, joined: Any, feature_columns: list[str], max_null_rate: float, name: str
+) -> None:
+    """The training-set gate (GX on a Spark DataFrame of the rows); a failure names the columns, writes nothing."""
+    import pandas as pd
+
+    from expectations.runner import run_suite
+    from expectations.training_sets import build_suite
+
+    # Only presence matters to the suite, so features travel as text: a column null in every row has no type
+    # Spark could infer.
+    present = pd.DataFrame({c: joined[c].map(lambda v: None if v is None or v is pd.NA or v != v else str(v))
+                            for c in feature_columns})  # fmt: skip
+    present.insert(0, "event_timestamp", joined["event_timestamp"])
+    present.insert(0, "label", joined["label"].astype("int64"))
+    schema = ", ".join(["label long", "event_timestamp timestamp", *(f"`{c}` string" for c in feature_columns)])
+    frame = spark.createDataFrame(present, schema)
+    outcome = run_suite(frame, build_suite(feature_columns, max_null_rate))
+    if not outcome.passed:
+        failures = "; ".join(o.describe() for o in outcome.failures("critical"))
+        raise ShoplakeError(f"training set {name} failed its quality gate, nothing written: {failures}")
+
+
 def build_training_set(
     spark: SparkSession, first: dt.date, last: dt.date, *, name: str, settings: Settings | None = None
 ) -> TrainingSet:
@@ -83,11 +106,14 @@ def build_training_set(
     joined = historical_features(spark, store, labelled, list(TRAINING_FEATURES))
     if len(joined) != len(labelled):  # the contract: one training row per labelled view, never fewer
         raise ShoplakeError(f"training set: {len(labelled)} labelled views but {len(joined)} rows with features")
-    out = settings.home / "exports" / "training_sets" / f"{name}.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    joined.to_parquet(out, index=False)
     feature_columns = [f.replace(":", "__") for f in TRAINING_FEATURES]
     null_rates = {c: float(joined[c].isna().mean()) for c in feature_columns if c in joined}
+    check_training_set(spark, joined, feature_columns, settings.quality_max_training_null_rate, name)
+    out = settings.home / "exports" / "training_sets" / f"{name}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = out.with_suffix(".parquet.partial")
+    joined.to_parquet(staged, index=False)
+    staged.replace(out)  # a reader sees the old file or the whole new one, never half of it
     result = TrainingSet(out, len(joined), int(joined["label"].sum()), null_rates)
     log.info("training set %s: %d rows, %d positives", out, result.rows, result.positives)
     return result

@@ -59,12 +59,20 @@ def test_pools_the_tasks_use_exist(dagbag):
 def test_the_daily_dag_runs_its_stages_in_order(dagbag):
     dag = dagbag.get_dag("shoplake_daily")
     order = ["plan_run", "ingest", "silver", "validate_silver", "gold", "validate_gold", "embed_items",
-             "knowledge_graph", "validate_graph", "data_docs"]  # fmt: skip
+             "knowledge_graph", "validate_graph", "publish_features", "consistency_check", "evaluate_recommender",
+             "data_docs"]  # fmt: skip
     for upstream, downstream in zip(order, order[1:], strict=False):
         assert downstream in dag.get_task(upstream).get_flat_relative_ids(upstream=False), (upstream, downstream)
     assert "validate_raw" in dag.get_task("silver").get_flat_relative_ids(upstream=True)
     outlets = {a.uri for t in dag.tasks for a in t.outlets}
-    assert "shoplake://lake/user_features" in outlets and "shoplake://lake/kg_edges" in outlets
+    assert {"shoplake://lake/user_features", "shoplake://lake/kg_edges", "shoplake://feast/features"} <= outlets
+    assert dag.get_task("consistency_check").outlets[0].uri == "shoplake://feast/features"
+
+
+def test_the_marketing_dag_is_scheduled_on_the_published_features(dagbag):
+    dag = dagbag.get_dag("shoplake_marketing")
+    condition = dag.timetable.asset_condition
+    assert [a.uri for a in condition.objects] == ["shoplake://feast/features"]
 
 
 @pytest.mark.parametrize(
@@ -113,3 +121,9 @@ def test_dag_test_runs_the_whole_pipeline_on_the_sample(spark, lake, dagbag):
 
     assert published_version(spark, "user_features") == storage.table_version("user_features")
     assert (lake / "reports" / "data_docs" / "runs.html").is_file()
+    metrics = {r.metric for r in storage.read_table(spark, "run_metrics").collect() if r.stage == "evaluation"}
+    assert "recommender_recall@20" in metrics and "popularity_ndcg@20" in metrics
+
+    downstream = dagbag.get_dag("shoplake_marketing").test()
+    assert downstream.state == DagRunState.SUCCESS
+    assert (lake / "reports" / "marketing" / "index.html").is_file()

@@ -28,12 +28,14 @@ def row(spec, **values):
 
 def user_row(user, day, segment, monetary=10.0, frequency=1):
     return row(USER_FEATURES, user_id=user, segment=segment, monetary=monetary, frequency=frequency, r_score=3,
-               views_7d=day, top_categories=["kids.toys"], top_category_shares=[1.0],
+               f_score=2, m_score=4, price_band="mid", carts_7d=1, purchases_30d=frequency,
+               view_to_purchase_rate=0.1, views_7d=day, top_categories=["kids.toys"], top_category_shares=[1.0],
                event_timestamp=end_of(day), created_timestamp=AT, as_of_date=dt.date(2019, 10, day))  # fmt: skip
 
 
 def item_row(item, day, price):
     return row(ITEM_FEATURES, item_id=item, price_mean=price, views_7d=day, popularity_rank=item,
+               view_to_cart_rate=0.1, view_to_purchase_rate=0.05, category_l1="kids",
                category_code="kids.toys", event_timestamp=end_of(day), created_timestamp=AT,
                as_of_date=dt.date(2019, 10, day))  # fmt: skip
 
@@ -160,3 +162,85 @@ def test_production_environment_on_postgres_and_redis(spark, lake, monkeypatch, 
         get_settings.cache_clear()
         with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+def test_ranking_metrics_by_hand(spark):
+    from spark_jobs.evaluation import transform_ranked_metrics
+
+    ranked = spark.createDataFrame(
+        [(1, 10, 1), (1, 11, 2), (1, 12, 3), (2, 20, 1)], "user_id long, item_id long, rank int"
+    )
+    relevant = spark.createDataFrame([(1, 11), (1, 99), (2, 21)], "user_id long, item_id long")
+    got = {r.user_id: r for r in transform_ranked_metrics(ranked, relevant, 3, "m").collect()}
+    # user 1: one hit of two relevant at rank 2 → recall 1/2, DCG 1/log2(3), IDCG 1 + 1/log2(3)
+    assert got[1].m_recall == pytest.approx(0.5)
+    assert got[1].m_ndcg == pytest.approx((1 / 1.5849625) / (1 + 1 / 1.5849625), rel=1e-6)
+    assert (got[1].m_hit_rate, got[2].m_recall, got[2].m_ndcg, got[2].m_hit_rate) == (1.0, 0.0, 0.0, 0.0)
+
+
+def test_the_recommender_scores_by_the_cf_formula_online_and_cold_starts(spark, lake):
+    from shoplake.catalog import CATEGORY_POPULAR
+    from shoplake.recommender import recommend
+
+    day = dt.date(2019, 10, 1)
+    stamp = {"event_timestamp": end_of(1), "created_timestamp": AT, "as_of_date": day}
+    rows = {
+        USER_ITEMS: [row(USER_ITEMS, user_id=7, item_ids=[1, 2], item_scores=[2.0, 1.0], bought_item_ids=[3], **stamp)],
+        ITEM_NEIGHBORS: [
+            row(ITEM_NEIGHBORS, item_id=1, neighbor_ids=[3, 4, 5], neighbor_weights=[0.9, 0.5, 0.1], **stamp),
+            row(ITEM_NEIGHBORS, item_id=2, neighbor_ids=[4, 5], neighbor_weights=[0.2, 0.8], **stamp),
+            row(ITEM_NEIGHBORS, item_id=4, neighbor_ids=[1, 2], neighbor_weights=[0.5, 0.2], **stamp),
+            row(ITEM_NEIGHBORS, item_id=5, neighbor_ids=[2, 1], neighbor_weights=[0.8, 0.1], **stamp),
+        ],
+        USER_FEATURES: [user_row(7, 1, "loyal")],
+        CATEGORY_POPULAR: [row(CATEGORY_POPULAR, category="kids", item_ids=[40, 41], **stamp),
+                           row(CATEGORY_POPULAR, category="(all)", item_ids=[41, 50, 51], **stamp)],
+    }  # fmt: skip
+    for spec, data in rows.items():
+        storage.write_table(spark.createDataFrame(data, spec.schema), spec, "append", run_id="t")
+    feature_store.publish(spark)
+    store = feature_store.get_store()
+    got = recommend(store, 7, 5)
+    # score(u, i) = Σ_{j∈N(i)} w_ij r(u, j): item 4 = 0.5·2 + 0.2·1 = 1.2; item 5 = 0.8·1 + 0.1·2 = 1.0;
+    # item 3 was bought; no embeddings, so the blend is (1 − β)·CF / max CF
+    assert got.strategy == "cf+embedding"
+    assert [(s.item_id, s.cf) for s in got.items] == [(4, pytest.approx(1.2)), (5, pytest.approx(1.0))]
+    assert got.items[0].score == pytest.approx(0.7) and got.items[1].score == pytest.approx(0.7 * 1.0 / 1.2)
+    cold = recommend(store, 12345, 3)
+    assert cold.strategy == "cold_start" and [s.item_id for s in cold.items] == [41, 50, 51]
+
+
+def test_the_marketing_report_reads_the_feature_service(spark, lake):
+    from shoplake.marketing import build_report
+
+    users = [user_row(7, 1, "at_risk", monetary=90.0), user_row(8, 1, "champions", monetary=10.0),
+             user_row(9, 1, "at_risk", monetary=30.0)]  # fmt: skip
+    write_gold(spark, users, [item_row(10, 1, 5.0)])
+    feature_store.publish(spark)
+    report = build_report(spark)
+    assert report.users == 3 and report.segments == {"at_risk": 2, "champions": 1}
+    assert report.audiences == {"win_back_kids": 2}
+    audience = pd.read_csv(lake / "reports" / "marketing" / "audiences" / "win_back_kids.csv")
+    assert audience["user_id"].tolist() == [7, 9]  # biggest spenders first
+    page = report.page.read_text()
+    assert "Revenue share by segment" in page and "<svg" in page and "92.3 %" in page  # at_risk: (90 + 30) ÷ 130
+
+
+def test_a_training_set_gets_point_in_time_features_and_passes_its_gate(spark, lake):
+    from shoplake.catalog import SILVER_EVENTS
+    from spark_jobs.training_set import build_training_set
+
+    write_gold(spark, [user_row(7, 1, "browsers"), user_row(8, 1, "loyal")], [item_row(10, 1, 5.0)])
+    events = [  # views on Oct 2 (features of Oct 1 exist then); user 7 buys item 10 two hours after viewing it
+        (f"e{n}", t, kind, 10, 1, "kids.toys", "lego", 5.0, user, f"s{user}", f"s{user}", False, "f", n, "c", "r", AT,
+         dt.date(2019, 10, 2))
+        for n, (user, kind, t) in enumerate([(7, "view", dt.datetime(2019, 10, 2, 9)),
+                                             (7, "purchase", dt.datetime(2019, 10, 2, 11)),
+                                             (8, "view", dt.datetime(2019, 10, 2, 12))])
+    ]  # fmt: skip
+    storage.write_table(spark.createDataFrame(events, SILVER_EVENTS.schema), SILVER_EVENTS, "append", run_id="t")
+    feature_store.apply(feature_store.get_store())
+    result = build_training_set(spark, dt.date(2019, 10, 2), dt.date(2019, 10, 2), name="t")
+    frame = pd.read_parquet(result.path).sort_values("user_id")
+    assert (result.rows, result.positives) == (2, 1)
+    assert frame["label"].tolist() == [1, 0] and frame["user_profile__segment"].tolist() == ["browsers", "loyal"]

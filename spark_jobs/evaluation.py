@@ -1,0 +1,127 @@
+"""Offline evaluation of the item-based CF recommender on a time split, against a popularity baseline.
+
+The history window's non-bot events are split at the time before which ``1 − test_share`` of them happened. The
+gold CF transforms (interactions, basket similarity, score(u, i) = Σ w_ij · r(u, j)) run on the earlier part,
+exactly as the daily gold run would; each user's list is filled up with the most popular items, as the online
+recommender does for users with too little history. Relevant items: what a user interacted with after the split
+and not before it. Baseline: the most popular items before the split, minus what the user bought. Metrics over
+users with history before and relevant items after the split: Recall@K, NDCG@K, HitRate@K.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from shoplake.errors import ShoplakeError
+from shoplake.run_metrics import record_metrics
+from shoplake.settings import Settings, get_settings
+from spark_jobs.gold import read_history
+from spark_jobs.interactions import AsOf, transform_interactions
+from spark_jobs.similarity import transform_baskets, transform_cf_recommendations, transform_item_similarity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    split_at: dt.datetime
+    users: int
+    k: int
+    metrics: dict[str, float]  # "<model>_recall@K", "<model>_ndcg@K", "<model>_hit_rate@K"
+
+
+def transform_ranked_metrics(ranked: DataFrame, relevant: DataFrame, k: int, model: str) -> DataFrame:
+    """Per user: recall, NDCG and hit of a (user_id, item_id, rank) list against (user_id, item_id) relevant items."""
+    hits = ranked.filter(F.col("rank") <= k).join(relevant, on=["user_id", "item_id"], how="inner")
+    gains = hits.groupBy("user_id").agg(
+        F.count(F.lit(1)).alias("hits"), F.sum(1 / F.log2(F.col("rank") + 1)).alias("dcg")
+    )
+    wanted = relevant.groupBy("user_id").agg(F.count(F.lit(1)).alias("relevant"))
+    ideal = F.aggregate(
+        F.sequence(F.lit(1), F.least(F.col("relevant"), F.lit(k)).cast("int")), F.lit(0.0),
+        lambda total, r: total + 1 / F.log2(r + 1),
+    )  # fmt: skip
+    return wanted.join(gains, on="user_id", how="left").select(
+        "user_id",
+        (F.coalesce("hits", F.lit(0)) / F.col("relevant")).alias(f"{model}_recall"),
+        (F.coalesce("dcg", F.lit(0.0)) / ideal).alias(f"{model}_ndcg"),
+        (F.coalesce("hits", F.lit(0)) > 0).cast("double").alias(f"{model}_hit_rate"),
+    )
+
+
+def evaluate(
+    spark: SparkSession,
+    as_of_date: dt.date,
+    *,
+    run_id: str,
+    computed_at: dt.datetime,
+    test_share: float = 0.2,
+    settings: Settings | None = None,
+) -> Evaluation:
+    settings = settings or get_settings()
+    k = settings.cf_top_n
+    events = read_history(spark, AsOf(as_of_date, computed_at), settings.history_days).cache()
+    try:
+        (split_at,) = events.agg(F.percentile_approx(F.unix_micros("event_time"), 1 - test_share)).collect()[0]
+        if split_at is None:
+            raise ShoplakeError(f"evaluation: no silver events up to {as_of_date}")
+        split = dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=int(split_at))
+        train = events.filter(F.col("event_time") < F.lit(split))
+        test = events.filter(F.col("event_time") >= F.lit(split))
+        as_of = AsOf(split.date(), computed_at)
+        interactions = transform_interactions(train, as_of, settings.event_weights, settings.half_life_days).cache()
+        similarity = transform_item_similarity(
+            transform_baskets(train, settings.similarity_basket_items), as_of, top_k=settings.similarity_top_k,
+            damping=settings.similarity_popularity_damping, min_support=settings.similarity_min_support,
+        )  # fmt: skip
+        cf = transform_cf_recommendations(
+            interactions, similarity, as_of, top_n=k, user_items=settings.cf_user_items,
+            max_contributions=settings.cf_max_contributions,
+        ).select("user_id", "item_id", "rank")  # fmt: skip
+        seen = interactions.select("user_id", "item_id")
+        relevant = (
+            test.select("user_id", F.col("product_id").alias("item_id")).distinct()
+            .join(seen, on=["user_id", "item_id"], how="left_anti")
+            .join(seen.select("user_id").distinct(), on="user_id", how="inner")
+        )  # fmt: skip
+        bought = interactions.filter(F.col("purchases") > 0).select("user_id", "item_id")
+        popular = (
+            interactions.groupBy("item_id").agg(F.count(F.lit(1)).alias("users"))
+            .withColumn("popularity", F.row_number().over(Window.orderBy(F.desc("users"), "item_id")))
+            .filter(F.col("popularity") <= 2 * k)
+        )  # fmt: skip
+        users = relevant.select("user_id").distinct()
+        baseline = _ranked(users.crossJoin(popular).join(bought, on=["user_id", "item_id"], how="left_anti"),
+                           "popularity", k)  # fmt: skip
+        filled = _ranked(
+            cf.select("user_id", "item_id", F.col("rank").alias("order"))
+            .unionByName(baseline.select("user_id", "item_id", (F.col("rank") + k).alias("order")))
+            .groupBy("user_id", "item_id").agg(F.min("order").alias("order")),
+            "order", k,
+        )  # fmt: skip
+        per_user = transform_ranked_metrics(filled, relevant, k, "recommender").join(
+            transform_ranked_metrics(baseline, relevant, k, "popularity"), on="user_id", how="inner"
+        )
+        columns = [c for c in per_user.columns if c != "user_id"]
+        row = per_user.agg(F.count(F.lit(1)).alias("users"), *(F.avg(c).alias(c) for c in columns)).collect()[0]
+        interactions.unpersist()
+    finally:
+        events.unpersist()
+    metrics = {f"{c}@{k}": float(row[c] or 0.0) for c in columns}
+    result = Evaluation(split, int(row["users"]), k, metrics)
+    record_metrics(spark, run_id, "evaluation", {**metrics, "users": result.users}, recorded_at=computed_at,
+                   run_date=as_of_date, details={"users": {"split_at": split.isoformat(), "k": k}})  # fmt: skip
+    log.info("evaluation at %s over %d users: %s", split, result.users, metrics)
+    return result
+
+
+def _ranked(df: DataFrame, order: str, k: int) -> DataFrame:
+    best = Window.partitionBy("user_id").orderBy(order, "item_id")
+    return (
+        df.withColumn("rank", F.row_number().over(best)).filter(F.col("rank") <= k).select("user_id", "item_id", "rank")
+    )
