@@ -111,14 +111,24 @@ def run_environment(env: str, users: int, items: int, calls: int, rng: np.random
     store = feature_store.get_store()
 
     def request():
+        """Two calls: the user's features once, the candidates' features for 100 items."""
         user = int(rng.integers(users))
         candidates = rng.integers(items, size=100).tolist()
         feature_store.online_features(store, USER_FEATURES_REFS, [{"user_id": user}])
         feature_store.online_features(store, ITEM_FEATURES_REFS, [{"item_id": i} for i in candidates])
 
+    def request_without_embeddings():
+        """The same without the 384-float embeddings (what a ranking model that does not read vectors asks)."""
+        user = int(rng.integers(users))
+        candidates = rng.integers(items, size=100).tolist()
+        feature_store.online_features(store, USER_FEATURES_REFS, [{"user_id": user}])
+        feature_store.online_features(store, [r for r in ITEM_FEATURES_REFS if "embedding" not in r],
+                                      [{"item_id": i} for i in candidates])  # fmt: skip
+
     result = {"env": env, "views": [m.view for m in done], "materialize_seconds": round(materialize_seconds, 2),
               "entity_rows": rows, "entity_rows_per_s": round(rows / materialize_seconds),
-              "feast": summary(latencies(request, calls))}  # fmt: skip
+              "feast": summary(latencies(request, calls)),
+              "feast_without_embeddings": summary(latencies(request_without_embeddings, calls))}  # fmt: skip
     if env == "production":
         result["raw_redis"] = raw_redis(store, users, items, calls, rng)
     return result
