@@ -5,7 +5,7 @@ then validates the silver version exactly as the pipeline does — the suite thr
 the Data Docs page written — and reports validation time ÷ silver time. A published anchor for scale: users report
 GX on Spark at ~32,000 rows/s (48M rows in 25 min, GX issue #1788).
 
-Run: ``python -m bench.quality --events 1000000`` (``--events 10000000`` for the issue's size).
+Run: ``python -m bench.quality --events 1000000``, then ``--events 10000000`` (the issue's size).
 """
 
 from __future__ import annotations
