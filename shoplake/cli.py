@@ -16,7 +16,6 @@ from shoplake.errors import ShoplakeError
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 F = TypeVar("F", bound=Callable[..., Any])
-EVENT_SUFFIXES = (".csv", ".csv.gz", ".json", ".json.gz", ".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
 
 EventsOption = Annotated[
     list[Path],
@@ -51,6 +50,8 @@ def _clear_errors(command: F) -> F:
 
 def expand_event_paths(paths: list[Path]) -> list[str]:
     """Files as given; a folder stands for the events files directly inside it, in name order."""
+    from spark_jobs.bronze import EVENT_SUFFIXES
+
     expanded: list[str] = []
     for path in paths:
         if path.is_dir():

@@ -299,8 +299,9 @@ def landing_files(path: str | None) -> list[str]:
         if path:
             raise ShoplakeError(f"{folder}: no such file or folder")
         return []
-    suffixes = (".csv", ".csv.gz", ".json", ".json.gz", ".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
-    return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(suffixes))
+    from spark_jobs.bronze import EVENT_SUFFIXES
+
+    return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(EVENT_SUFFIXES))
 
 
 def publish_features(full_refresh: bool = False) -> Step:

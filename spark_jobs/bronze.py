@@ -36,6 +36,7 @@ from spark_jobs.columns import csv_field_count, parse_event_time
 log = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".json": "jsonl", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+EVENT_SUFFIXES = tuple(suffix + gz for suffix in FORMATS for gz in ("", ".gz"))  # what a folder scan picks up
 EXPECTED_FIELDS = len(RAW_EVENT_COLUMNS)
 
 

@@ -408,7 +408,7 @@ def run_knowledge_graph(
         .unionByName(_embedding_edges(spark, {"src": node_ids[c_rows], "dst": concept_ids[c_cols], "weight": c_sims},
                                       "HAS_CONCEPT", created_at))
         .unionByName(transform_behaviour_edges(
-            _history(spark, as_of_date, settings), created_at, basket_items=settings.similarity_basket_items,
+            _history(spark, as_of_date, created_at, settings), created_at, basket_items=settings.similarity_basket_items,
             min_support=settings.kg_behaviour_min_support, top_k=settings.kg_behaviour_top_k))
     )  # fmt: skip
 
@@ -443,12 +443,14 @@ def run_knowledge_graph(
     return result
 
 
-def _history(spark: SparkSession, as_of_date: dt.date, settings: Settings) -> DataFrame:
-    first = as_of_date - dt.timedelta(days=settings.history_days - 1)
+def _history(spark: SparkSession, as_of_date: dt.date, created_at: dt.datetime, settings: Settings) -> DataFrame:
+    """Gold's history window (no silver yet: no behaviour edges, rather than an error)."""
+    from spark_jobs.gold import read_history
+    from spark_jobs.interactions import AsOf
+
     if storage.table_version(SILVER_EVENTS) is None:
         return spark.createDataFrame([], SILVER_EVENTS.schema)
-    silver = storage.read_table(spark, SILVER_EVENTS)
-    return silver.filter(F.col("event_date").between(first, as_of_date) & ~F.col("is_bot"))
+    return read_history(spark, AsOf(as_of_date, created_at), settings.history_days)
 
 
 def _counts(df: DataFrame, column: str) -> dict[str, int]:
