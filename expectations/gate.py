@@ -40,11 +40,17 @@ class QualityGateError(ShoplakeError):
 
 @dataclass(frozen=True)
 class Audit:
-    """What to validate: a table version, its suite, and how to add the audit columns the suite reads."""
+    """What to validate: a table version, its suite, and how to add the audit columns the suite reads.
+
+    GX computes each metric as its own Spark job. ``cache`` keeps the prepared rows in memory across those jobs,
+    which pays when preparing joins other tables; for a wide table whose audit columns are cheap (silver), reading
+    the few columns each metric needs from Parquet is faster than caching every row first.
+    """
 
     table: TableSpec
     suite: gx.ExpectationSuite
     prepare: Callable[[DataFrame], DataFrame] = lambda df: df
+    cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -80,12 +86,14 @@ def audit(
     """Validate ``version`` of the table; record the outcome; build its page in the Data Docs."""
     from pyspark import StorageLevel
 
-    # GX computes each metric as its own Spark job: read and prepare the version once, not once per metric.
-    df = check.prepare(storage.read_table(spark, check.table, version=version)).persist(StorageLevel.MEMORY_AND_DISK)
+    df = check.prepare(storage.read_table(spark, check.table, version=version))
+    if check.cache:
+        df = df.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         outcome = run_suite(df, check.suite, docs_dir=data_docs_dir(), run_name=run_id, keys=list(check.table.keys))
     finally:
-        df.unpersist()
+        if check.cache:
+            df.unpersist()
     result = AuditResult(check.table.name, version, outcome)
     record_metrics(
         spark, run_id, "quality", {check.table.name: 1.0 if outcome.passed else 0.0},

@@ -2,12 +2,15 @@
 table is never collected to pandas. Each expectation carries GX's own ``severity``: a failed critical one fails
 the suite, a failed warning is reported and the suite still passes.
 
+GX's own caching of the batch is off (``persist=False``): the caller knows whether caching pays (``gate.Audit``).
+
 With ``docs_dir`` the validation runs as a GX Checkpoint in a file-backed context (``$SHOPLAKE_HOME/gx``), so its
 result is stored and rendered into the Data Docs site at ``docs_dir``; without, in a throwaway context.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +21,8 @@ if TYPE_CHECKING:
 
 SITE = "shoplake"
 SAMPLE_SIZE = 5
+# Counts and percentages of unexpected rows, without the per-expectation queries for sample values.
+COUNTS_ONLY: dict[str, Any] = {"result_format": "BASIC", "partial_unexpected_count": 0}
 
 
 @dataclass(frozen=True)
@@ -71,23 +76,57 @@ def run_suite(
     run_name: str | None = None,
     keys: list[str] | None = None,
 ) -> SuiteOutcome:
-    """Validate ``df``; ``keys`` name the columns that identify an offending row in failure samples."""
+    """Validate ``df``. The validation that decides (and that Data Docs show) computes counts only: GX bundles
+    them into one Spark aggregate, where samples of offending rows would cost a job per expectation. Expectations
+    that fail are then run again with samples; ``keys`` name the columns that identify an offending row."""
+    suite = fresh_copy(suite)
+    if docs_dir is None:
+        result = _validate_ephemeral(df, suite, COUNTS_ONLY)
+    else:
+        result = _validate_checkpoint(df, suite, docs_dir, context_root, run_name)
+    outcomes = _outcomes(result)
+    failed = [key for key, outcome in outcomes.items() if not outcome.success]
+    if failed:
+        outcomes.update(_failure_samples(df, suite, failed, keys))
+    return SuiteOutcome(suite.name, tuple(outcomes.values()))
+
+
+def _failure_samples(
+    df: DataFrame, suite: gx.ExpectationSuite, failed: list[str], keys: list[str] | None
+) -> dict[str, ExpectationOutcome]:
     import great_expectations as gx
 
     result_format: dict[str, Any] = {"result_format": "SUMMARY"}
     if keys:
         result_format["unexpected_index_column_names"] = [k for k in keys if k in df.columns]
-    suite = fresh_copy(suite)
-    if docs_dir is None:
-        context = gx.get_context(mode="ephemeral")
-        _quiet(context)
-        asset = context.data_sources.add_spark(name=SITE).add_dataframe_asset(name=suite.name)
-        batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": df})
-        return _outcome(suite.name, batch.validate(suite, result_format=result_format))
+    rerun = gx.ExpectationSuite(
+        name=suite.name,
+        expectations=[e.copy(update={"id": None}, deep=True) for e in suite.expectations if _key(e.configuration) in failed],
+    )  # fmt: skip
+    return _outcomes(_validate_ephemeral(df, rerun, result_format))
+
+
+def _validate_ephemeral(df: DataFrame, suite: gx.ExpectationSuite, result_format: dict[str, Any]) -> Any:
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    _quiet(context)
+    asset = context.data_sources.add_spark(name=SITE, persist=False).add_dataframe_asset(name=suite.name)
+    batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": df})
+    return batch.validate(suite, result_format=result_format)
+
+
+def _validate_checkpoint(
+    df: DataFrame, suite: gx.ExpectationSuite, docs_dir: Path, context_root: Path | None, run_name: str | None
+) -> Any:
+    """A Checkpoint in the file-backed context: the result is stored and rendered into the Data Docs site."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.core.run_identifier import RunIdentifier
 
     context = _file_context(context_root or docs_dir.parent.parent / "gx", docs_dir)
     suite = context.suites.add_or_update(suite)
-    source = context.data_sources.add_or_update_spark(name=SITE)
+    source = context.data_sources.add_or_update_spark(name=SITE, persist=False)
     assets = {a.name: a for a in source.assets}
     asset = assets[suite.name] if suite.name in assets else source.add_dataframe_asset(suite.name)
     batches = {b.name: b for b in asset.batch_definitions}
@@ -95,21 +134,17 @@ def run_suite(
     validation = context.validation_definitions.add_or_update(
         gx.ValidationDefinition(name=suite.name, data=batch_definition, suite=suite)
     )
-    from great_expectations.checkpoint import UpdateDataDocsAction
-
     checkpoint = context.checkpoints.add_or_update(
         gx.Checkpoint(
             name=suite.name,
             validation_definitions=[validation],
             actions=[UpdateDataDocsAction(name="data_docs", site_names=[SITE])],
-            result_format=result_format,
+            result_format=COUNTS_ONLY,
         )
     )
-    from great_expectations.core.run_identifier import RunIdentifier
-
     result = checkpoint.run(batch_parameters={"dataframe": df}, run_id=RunIdentifier(run_name=run_name))
     (validation_result,) = result.run_results.values()
-    return _outcome(suite.name, validation_result)
+    return validation_result
 
 
 def _file_context(root: Path, docs_dir: Path) -> Any:
@@ -141,20 +176,24 @@ def _quiet(context: Any) -> None:
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
 
 
-def _outcome(name: str, result: Any) -> SuiteOutcome:
-    outcomes = []
+def _outcomes(result: Any) -> dict[str, ExpectationOutcome]:
+    outcomes = {}
     for item in result.results:
         config = item.expectation_config
-        outcomes.append(
-            ExpectationOutcome(
-                expectation=config.type,
-                column=config.kwargs.get("column") or config.kwargs.get("column_list") or _pair(config.kwargs),
-                severity=str(getattr(config, "severity", None) or "critical").split(".")[-1].lower(),
-                success=bool(item.success),
-                observed=dict(item.result or {}),
-            )
+        outcomes[_key(config)] = ExpectationOutcome(
+            expectation=config.type,
+            column=config.kwargs.get("column") or config.kwargs.get("column_list") or _pair(config.kwargs),
+            severity=str(getattr(config, "severity", None) or "critical").split(".")[-1].lower(),
+            success=bool(item.success),
+            observed=dict(item.result or {}),
         )
-    return SuiteOutcome(name, tuple(outcomes))
+    return outcomes
+
+
+def _key(config: Any) -> str:
+    """An expectation's identity across runs: its type and arguments (results add the batch id to those)."""
+    kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
+    return json.dumps([config.type, kwargs], sort_keys=True, default=str)
 
 
 def _pair(kwargs: dict[str, Any]) -> str | None:

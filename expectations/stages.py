@@ -68,7 +68,7 @@ def validate_silver(
             df, first=first, last=last, quarantine_share=quarantine_share, quarantine_ceiling=ceiling
         )
 
-    check = Audit(SILVER_EVENTS, silver_events.suite, prepare)
+    check = Audit(SILVER_EVENTS, silver_events.suite, prepare, cache=False)
     return audit_and_publish(spark, {SILVER_EVENTS.name: (check, version)}, run_id=run_id, at=at, run_date=last)
 
 

@@ -14,17 +14,23 @@ from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import 
 from shoplake.settings import get_settings
 
 SPARK_TABLE_PREFIX = "shoplake_"
+SOURCE_SUFFIX = "_source"
 
 
 def gold_source(table: str, timestamp_field: str = "event_timestamp", created: str | None = None):
     settings = get_settings()
-    name, description = f"{table}_source", f"gold table {table}"
+    name, description = f"{table}{SOURCE_SUFFIX}", f"gold table {table}"
     if settings.feast_env == "production":
         return SparkSource(name=name, table=f"{SPARK_TABLE_PREFIX}{table}", timestamp_field=timestamp_field,
                            created_timestamp_column=created, description=description)  # fmt: skip
     return FileSource(name=name, path=settings.table_uri(table), file_format=DeltaFormat(),
                       timestamp_field=timestamp_field, created_timestamp_column=created or "",
                       description=description)  # fmt: skip
+
+
+def gold_table(source_name: str) -> str:
+    """The gold table a source of ``gold_source`` reads, from the source's name."""
+    return source_name.removesuffix(SOURCE_SUFFIX)
 
 
 user_features = gold_source("user_features")

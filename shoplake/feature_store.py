@@ -175,7 +175,7 @@ def publish(spark: SparkSession, settings: Settings | None = None, *, full_refre
     done = []
     for view in store.list_feature_views():
         source = _source(view)
-        times = feature_time_range(spark, source.name.removesuffix("_source"), source.timestamp_field)
+        times = feature_time_range(spark, _table(view), source.timestamp_field)
         if times is None:
             log.info("%s: its table is empty; nothing to materialize", view.name)
             continue
@@ -201,6 +201,13 @@ def _source(view: Any) -> Any:
     if view.batch_source is None:
         raise FeatureStoreError(f"feature view {view.name} has no batch source")
     return view.batch_source
+
+
+def _table(view: Any) -> str:
+    """The gold table a feature view reads."""
+    from feature_repo.data_sources import gold_table
+
+    return gold_table(_source(view).name)
 
 
 def online_features(store: FeatureStore, features: list[str] | Any, entity_rows: list[dict[str, Any]]) -> dict:
@@ -238,7 +245,7 @@ def check_consistency(spark: SparkSession, store: FeatureStore, sample: int = 50
     mismatches: list[str] = []
     for view in store.list_feature_views():
         source = _source(view)
-        table = source.name.removesuffix("_source")
+        table = _table(view)
         if storage.table_version(table) is None:
             continue
         key = view.entity_columns[0].name
@@ -329,4 +336,4 @@ def _entity_sources(store: FeatureStore, view_name: str) -> list[tuple[str, str]
     except Exception:  # noqa: BLE001 - not a plain view: an on-demand one
         odfv = store.get_on_demand_feature_view(view_name)
         views = [store.get_feature_view(p.name) for p in odfv.source_feature_view_projections.values()]
-    return [(_source(v).name.removesuffix("_source"), v.entity_columns[0].name) for v in views]
+    return [(_table(v), v.entity_columns[0].name) for v in views]

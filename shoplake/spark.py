@@ -39,6 +39,10 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     conf["spark.sql.shuffle.partitions"] = str(settings.spark_shuffle_partitions)
     conf["spark.driver.memory"] = settings.spark_driver_memory
     conf["spark.ui.enabled"] = str(settings.spark_ui).lower()
+    if settings.spark_master.startswith("local"):
+        # Tables are read as lists of Delta data files; past 32 paths Spark would list them with a Spark job (seconds
+        # on a local master, useful only against an object store), so a local session stats them on the driver.
+        conf["spark.sql.sources.parallelPartitionDiscovery.threshold"] = "100000"
     conf.update(settings.spark_conf)
     return conf
 

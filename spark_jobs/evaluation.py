@@ -20,9 +20,8 @@ from pyspark.sql import functions as F
 from shoplake.errors import ShoplakeError
 from shoplake.run_metrics import record_metrics
 from shoplake.settings import Settings, get_settings
-from spark_jobs.gold import read_history
+from spark_jobs.gold import cf_recommendations_of, item_similarity_of, read_history
 from spark_jobs.interactions import AsOf, transform_interactions
-from spark_jobs.similarity import transform_baskets, transform_cf_recommendations, transform_item_similarity
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +74,8 @@ def evaluate(
         test = events.filter(F.col("event_time") >= F.lit(split))
         as_of = AsOf(split.date(), computed_at)
         interactions = transform_interactions(train, as_of, settings.event_weights, settings.half_life_days).cache()
-        similarity = transform_item_similarity(
-            transform_baskets(train, settings.similarity_basket_items), as_of, top_k=settings.similarity_top_k,
-            damping=settings.similarity_popularity_damping, min_support=settings.similarity_min_support,
-        )  # fmt: skip
-        cf = transform_cf_recommendations(
-            interactions, similarity, as_of, top_n=k, user_items=settings.cf_user_items,
-            max_contributions=settings.cf_max_contributions,
-        ).select("user_id", "item_id", "rank")  # fmt: skip
+        similarity = item_similarity_of(train, as_of, settings)
+        cf = cf_recommendations_of(interactions, similarity, as_of, settings).select("user_id", "item_id", "rank")
         seen = interactions.select("user_id", "item_id")
         relevant = (
             test.select("user_id", F.col("product_id").alias("item_id")).distinct()

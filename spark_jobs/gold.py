@@ -107,30 +107,13 @@ def run_gold(
     interactions = write(
         transform_interactions(events, as_of, settings.event_weights, settings.half_life_days), INTERACTIONS
     )
-    similarity = write(
-        transform_item_similarity(
-            transform_baskets(events, settings.similarity_basket_items), as_of,
-            top_k=settings.similarity_top_k, damping=settings.similarity_popularity_damping,
-            min_support=settings.similarity_min_support,
-        ),
-        ITEM_SIMILARITY,
-    )  # fmt: skip
+    similarity = write(item_similarity_of(events, as_of, settings), ITEM_SIMILARITY)
     write(transform_item_neighbors(similarity, as_of), ITEM_NEIGHBORS)
     write(
         transform_user_items(interactions, as_of, user_items=settings.cf_user_items, bought_items=BOUGHT_ITEMS_KEPT),
         USER_ITEMS,
     )
-    write(
-        transform_cf_recommendations(
-            interactions,
-            similarity,
-            as_of,
-            top_n=settings.cf_top_n,
-            user_items=settings.cf_user_items,
-            max_contributions=settings.cf_max_contributions,
-        ),
-        CF_RECOMMENDATIONS,
-    )
+    write(cf_recommendations_of(interactions, similarity, as_of, settings), CF_RECOMMENDATIONS)
     write(transform_user_features(events, as_of), USER_FEATURES)
     item_features = write(
         transform_item_features(events, as_of, prior_strength=settings.rate_prior_strength), ITEM_FEATURES
@@ -142,6 +125,23 @@ def run_gold(
                    recorded_at=computed_at, run_date=as_of_date)  # fmt: skip
     log.info("gold as of %s: %s", as_of_date, rows)
     return GoldResult(as_of_date, rows, versions, matrix, out)
+
+
+def item_similarity_of(events: DataFrame, as_of: AsOf, settings: Settings) -> DataFrame:
+    """Item–item similarity of ``events`` with the settings' basket, top-K, damping and support (the offline
+    evaluation trains exactly what gold builds)."""
+    return transform_item_similarity(
+        transform_baskets(events, settings.similarity_basket_items), as_of, top_k=settings.similarity_top_k,
+        damping=settings.similarity_popularity_damping, min_support=settings.similarity_min_support,
+    )  # fmt: skip
+
+
+def cf_recommendations_of(interactions: DataFrame, similarity: DataFrame, as_of: AsOf, settings: Settings) -> DataFrame:
+    """Top-N item-based CF recommendations per user with the settings' N and contribution bounds."""
+    return transform_cf_recommendations(
+        interactions, similarity, as_of, top_n=settings.cf_top_n, user_items=settings.cf_user_items,
+        max_contributions=settings.cf_max_contributions,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> None:

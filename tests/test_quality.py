@@ -102,7 +102,7 @@ DEFECTS = [
     ("silver", "item missing", lambda r: set_value(r, 0, "product_id", None, S), ("expect_column_values_to_not_be_null", "product_id")),
     ("silver", "time missing", lambda r: set_value(r, 0, "event_time", None, S), ("expect_column_values_to_not_be_null", "event_time")),
     ("silver", "session missing", lambda r: set_value(r, 0, "session_id", None, S), ("expect_column_values_to_not_be_null", "session_id")),
-    ("silver", "event twice", lambda r: set_value(r, 1, "event_id", "e1", S), ("expect_column_values_to_be_unique", "event_id")),
+    ("silver", "event twice", lambda r: set_value(r, 1, "event_id", "e1", S), ("expect_column_values_to_be_in_set", "event_id_is_unique")),
     ("silver", "unknown type", lambda r: set_value(r, 0, "event_type", "click", S), ("expect_column_values_to_be_in_set", "event_type")),
     ("silver", "free purchase", lambda r: set_value(r, 1, "price", 0.0, S), ("expect_column_values_to_be_in_set", "purchase_has_price")),
     ("silver", "time outside the run", lambda r: set_value(r, 0, "event_time", dt.datetime(2019, 10, 2, 1), S), ("expect_column_values_to_be_in_set", "inside_run_window")),
@@ -194,6 +194,16 @@ def test_each_critical_expectation_catches_its_defect(spark, dataset, defect, mu
     kind, column = expected
     assert (kind, tuple(column) if isinstance(column, list) else column) in failed, failed
     assert not outcome.passed
+
+
+@pytest.mark.parametrize("broadcast_limit", [100_000, 0], ids=["broadcast", "shuffle join"])
+def test_silver_marks_every_row_of_a_duplicated_event_id(spark, broadcast_limit):
+    rows = set_value(silver_rows(), 1, "event_id", "e1", S)
+    events = spark.createDataFrame(rows, S.schema)
+    marked = silver_events.mark_duplicated_ids(events, broadcast_limit=broadcast_limit)
+    assert sorted((r.event_id, r.event_id_is_unique) for r in marked.collect()) == [
+        ("e1", False), ("e1", False), ("e3", True)
+    ]  # fmt: skip
 
 
 def test_every_critical_expectation_has_a_defect_test():
