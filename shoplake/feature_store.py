@@ -9,14 +9,17 @@ Environments (``SHOPLAKE_FEAST_ENV``), each also written as a ``feature_store.ya
 
 Publishing applies the definitions (re-applying keeps each view's materialization watermark) and materializes each
 feature view from its watermark — on the first run from its table's earliest feature time — up to the run's
-feature time; Feast writes the online store in batches. Connection failures are retried with backoff and then
-reported as one clear error; the registry is written only by ``apply``, which Feast commits as a whole.
+feature time; Feast writes the online store in batches — except on Redis, where ``redis_writer`` writes the same
+keys and values in bulk (Feast's row-by-row materialization is the slow part of publishing) and the window is
+recorded in the registry as Feast's materialize records it. Connection failures are retried with backoff and then
+reported as one clear error; definitions are written only by ``apply``, which Feast commits as a whole.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import io
 import logging
 import time
@@ -147,18 +150,22 @@ class Materialized:
     end: dt.datetime
 
 
-def feature_time_range(spark: SparkSession, table: str, column: str) -> tuple[dt.datetime, dt.datetime] | None:
-    """Earliest and latest feature time in a gold table (None when it is empty or missing)."""
-    from pyspark.sql import functions as F
+def feature_time_range(table: str, column: str) -> tuple[dt.datetime, dt.datetime] | None:
+    """Earliest and latest feature time in a gold table (None when it is empty or missing): one column read by
+    ``deltalake``, no Spark job."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     from shoplake import storage
 
     if storage.table_version(table) is None:
         return None
-    low, high = storage.read_table(spark, table).agg(F.min(column), F.max(column)).collect()[0]
-    if low is None:
+    times = pc.cast(storage.read_arrow(table, [column]).column(column), pa.timestamp("us", tz="UTC"))
+    extremes = pc.min_max(times)
+    low, high = extremes["min"], extremes["max"]
+    if not low.is_valid:
         return None
-    return low.replace(tzinfo=dt.UTC), high.replace(tzinfo=dt.UTC)
+    return low.as_py(), high.as_py()
 
 
 def publish(spark: SparkSession, settings: Settings | None = None, *, full_refresh: bool = False) -> list[Materialized]:
@@ -167,15 +174,38 @@ def publish(spark: SparkSession, settings: Settings | None = None, *, full_refre
     The watermark follows feature time (the end of a gold date; an embedding's creation), not the clock, so a
     shop's history loads on the first publish and each daily run adds its date. A rerun of an older date is
     republished with ``full_refresh`` (materializes each view from its earliest feature time again)."""
+    from shoplake import redis_writer
+
     settings = settings or get_settings()
     if settings.feast_env == "production":
         register_spark_tables(spark)
     store = get_store(settings)
     apply(store)
     done = []
-    for view in store.list_feature_views():
-        source = _source(view)
-        times = feature_time_range(spark, _table(view), source.timestamp_field)
+    together: dict[tuple[str, dt.datetime, dt.datetime], list[Any]] = {}
+    for view, start, end in _windows(store.list_feature_views(), full_refresh):
+        if store.config.online_store.type == "redis" and redis_writer.supports(view):
+            together.setdefault((_table(view), start, end), []).append(view)
+        else:
+            _materialize(store, view.name, start, end)
+        done.append(Materialized(view.name, start, end))
+    for (table, start, end), views in together.items():
+        _write_redis(store, table, start, end, views)
+        for view in views:
+            record = functools.partial(store.registry.apply_materialization, view, store.project, start, end)
+            retrying(f"recording {view.name}'s materialization", record)
+    return done
+
+
+def _windows(views: list[Any], full_refresh: bool) -> list[tuple[Any, dt.datetime, dt.datetime]]:
+    """(view, start, end) for each view with features past its watermark."""
+    ranges: dict[tuple[str, str], tuple[dt.datetime, dt.datetime] | None] = {}
+    windows = []
+    for view in views:
+        table, column = _table(view), _source(view).timestamp_field
+        if (table, column) not in ranges:
+            ranges[table, column] = feature_time_range(table, column)
+        times = ranges[table, column]
         if times is None:
             log.info("%s: its table is empty; nothing to materialize", view.name)
             continue
@@ -186,15 +216,27 @@ def publish(spark: SparkSession, settings: Settings | None = None, *, full_refre
         if start >= end:
             log.info("%s: already materialized up to %s", view.name, start)
             continue
+        windows.append((view, start, end))
+    return windows
 
-        def materialize(name: str = view.name, since: dt.datetime = start, until: dt.datetime = end) -> None:
-            with contextlib.redirect_stdout(io.StringIO()) as printed:  # Feast prints progress for terminals
-                store.materialize(start_date=since, end_date=until, feature_views=[name])
-            log.debug("%s", printed.getvalue())
 
-        retrying(f"materializing {view.name}", materialize)
-        done.append(Materialized(view.name, start, end))
-    return done
+def _materialize(store: FeatureStore, view: str, start: dt.datetime, end: dt.datetime) -> None:
+    def run() -> None:
+        with contextlib.redirect_stdout(io.StringIO()) as printed:  # Feast prints progress for terminals
+            store.materialize(start_date=start, end_date=end, feature_views=[view])
+        log.debug("%s", printed.getvalue())
+
+    retrying(f"materializing {view}", run)
+
+
+def _write_redis(store: FeatureStore, table: str, start: dt.datetime, end: dt.datetime, views: list[Any]) -> None:
+    """The views that read ``table`` over one window, in one pass."""
+    from shoplake import redis_writer
+
+    rows = redis_writer.latest_rows(table, views, start, end)
+    retrying(
+        f"writing {', '.join(v.name for v in views)} to Redis", lambda: redis_writer.write_views(store, views, rows)
+    )
 
 
 def _source(view: Any) -> Any:

@@ -157,6 +157,17 @@ def read_table(spark: SparkSession, table: str | TableSpec, version: int | None 
     )
 
 
+def read_arrow(table: str | TableSpec, columns: Sequence[str], version: int | None = None) -> pa.Table:
+    """Columns of a table's snapshot as Arrow, read on this machine by ``deltalake`` (no Spark job): for writers
+    that run on the driver anyway, such as publishing to an online store."""
+    settings = get_settings()
+    spec = get_table(table)
+    delta = _open(settings.table_uri(spec.name), settings, version)
+    if delta is None:
+        raise TableNotFoundError(f"table {spec.name} has not been written yet")
+    return delta.to_pyarrow_dataset().to_table(columns=list(columns))
+
+
 def table_version(table: str | TableSpec) -> int | None:
     """The latest committed version, or None when the table has never been written."""
     settings = get_settings()

@@ -3,13 +3,14 @@ joins without leakage, and the production environment against the real PostgreSQ
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
 
 import pandas as pd
 import pytest
 
-from shoplake import feature_store, storage
+from shoplake import feature_store, redis_writer, storage
 from shoplake.catalog import ITEM_EMBEDDINGS, ITEM_FEATURES, ITEM_NEIGHBORS, USER_FEATURES, USER_ITEMS
 from shoplake.settings import get_settings
 
@@ -125,8 +126,11 @@ def test_training_joins_are_point_in_time_correct(spark, lake):
     assert joined["label"].tolist() == [0, 1, 0, 1, 0, 1]
 
 
-def test_production_environment_on_postgres_and_redis(spark, lake, monkeypatch, postgres, redis):
+@contextlib.contextmanager
+def production(monkeypatch, redis_db: int):
+    """The production environment: a fresh PostgreSQL registry database and an empty Redis database."""
     import psycopg
+    import redis as redis_client
 
     database = f"shoplake_test_{uuid.uuid4().hex[:8]}"
     with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
@@ -134,11 +138,19 @@ def test_production_environment_on_postgres_and_redis(spark, lake, monkeypatch, 
     try:
         monkeypatch.setenv("SHOPLAKE_FEAST_ENV", "production")
         monkeypatch.setenv("SHOPLAKE_FEAST_REGISTRY_URL", f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}")
-        monkeypatch.setenv("SHOPLAKE_FEAST_REDIS", "127.0.0.1:6379,db=9")
+        monkeypatch.setenv("SHOPLAKE_FEAST_REDIS", f"127.0.0.1:6379,db={redis_db}")
         get_settings.cache_clear()
-        import redis as redis_client
+        client = redis_client.Redis(db=redis_db)
+        client.flushdb()
+        yield client
+    finally:
+        get_settings.cache_clear()
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
-        redis_client.Redis(db=9).flushdb()
+
+def test_production_environment_on_postgres_and_redis(spark, lake, monkeypatch, postgres, redis):
+    with production(monkeypatch, redis_db=9):
         write_gold(spark, [user_row(7, 1, "browsers"), user_row(8, 1, "loyal")], [item_row(10, 1, 5.0)])
         done = feature_store.publish(spark)
         assert "user_profile" in {m.view for m in done}
@@ -158,10 +170,35 @@ def test_production_environment_on_postgres_and_redis(spark, lake, monkeypatch, 
         down = feature_store.get_store()
         with pytest.raises(feature_store.FeatureStoreError, match="unreachable after 3 attempts"):
             feature_store.online_features(down, ["user_profile:segment"], [{"user_id": 8}])
-    finally:
-        get_settings.cache_clear()
-        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+def test_the_bulk_redis_writer_writes_byte_for_byte_what_feast_materialize_writes(
+    spark, lake, monkeypatch, postgres, redis
+):
+    """Every view, with nulls, lists, strings and two feature dates (the latest row per entity wins)."""
+    with production(monkeypatch, redis_db=8) as client:
+        write_gold(spark, [user_row(7, 1, "browsers"), user_row(7, 2, "loyal", monetary=12.5), user_row(8, 1, "new")],
+                   [item_row(10, 1, 5.0), item_row(11, 2, 8.0)])  # fmt: skip
+        done = feature_store.publish(spark)
+        store = feature_store.get_store()
+        assert all(redis_writer.supports(v) for v in store.list_feature_views())
+        assert len(done) == 7  # every view with a gold table (category_popular has none here)
+        ours = {key: client.hgetall(key) for key in client.keys("*")}
+        client.flushdb()
+        for m in done:
+            store.materialize(start_date=m.start, end_date=m.end, feature_views=[m.view])
+        feasts = {key: client.hgetall(key) for key in client.keys("*")}
+        assert ours == feasts
+        assert len(ours) == 4  # users 7 and 8, items 10 and 11
+
+        # the next publish writes only the new feature date, past each view's recorded window
+        storage.write_table(spark.createDataFrame([user_row(8, 3, "champions")], USER_FEATURES.schema),
+                            USER_FEATURES, "append", run_id="t")  # fmt: skip
+        again = feature_store.publish(spark)
+        assert {m.view for m in again} == {"user_profile", "user_activity", "user_category_affinity"}
+        assert {m.start for m in again} == {(end_of(2) + dt.timedelta(seconds=1)).replace(tzinfo=dt.UTC)}
+        online = feature_store.online_features(store, ["user_profile:segment"], [{"user_id": 8}, {"user_id": 7}])
+        assert online["segment"] == ["champions", "loyal"]
 
 
 def test_ranking_metrics_by_hand(spark):
