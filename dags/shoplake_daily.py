@@ -32,11 +32,12 @@ from typing import Any
 import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
+from shoplake.orchestration import FEATURES_ONLINE_URI
 from shoplake.settings import get_settings
 
 GOLD_ASSETS = [Asset(f"shoplake://lake/{name}") for name in ("interactions", "user_features", "item_features")]
 GRAPH_ASSETS = [Asset(f"shoplake://lake/{name}") for name in ("item_embeddings", "kg_nodes", "kg_edges")]
-FEATURES_ONLINE = Asset("shoplake://feast/features")  # shoplake_marketing is scheduled on it
+FEATURES_ONLINE = Asset(FEATURES_ONLINE_URI)  # shoplake_marketing is scheduled on it
 DATE = {"type": ["null", "string"], "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$"}
 TRANSIENT = {"retries": 2, "retry_delay": dt.timedelta(seconds=30), "retry_exponential_backoff": True}
 

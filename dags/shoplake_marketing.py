@@ -19,10 +19,12 @@ from typing import Any
 import pendulum
 from airflow.sdk import Asset, dag, task
 
+from shoplake.orchestration import FEATURES_ONLINE_URI
+
 
 @dag(
     dag_id="shoplake_marketing",
-    schedule=[Asset("shoplake://feast/features")],
+    schedule=[Asset(FEATURES_ONLINE_URI)],
     start_date=pendulum.datetime(2019, 10, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

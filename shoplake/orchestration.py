@@ -18,6 +18,8 @@ from shoplake.errors import ShoplakeError
 
 log = logging.getLogger(__name__)
 STAGES = ("ingest", "silver", "gold", "embed", "kg")
+# The Airflow asset the daily DAG emits once features are online; the marketing DAG is scheduled on it.
+FEATURES_ONLINE_URI = "shoplake://feast/features"
 
 
 @dataclass(frozen=True)
