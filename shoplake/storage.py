@@ -282,6 +282,11 @@ def _stage_name(settings: Settings, spec: TableSpec) -> str:
 
 def _stage(df: DataFrame, spec: TableSpec, staged_dir: str, *, partitioned: bool) -> list[_StagedFile]:
     """Let Spark's executors write the Parquet files; return what they wrote, with Delta statistics."""
+    if partitioned and spec.partition_by:
+        # Without it every task writes a file into every partition it holds: 16 tasks × 30 dates = 480 small files,
+        # and each later scan pays per file (a gold run reads silver ten times). Rebalancing lets adaptive execution
+        # write few files per partition value, splitting only values larger than its advisory size.
+        df = df.hint("rebalance", *spec.partition_by)
     writer = df.write.mode("error")
     if partitioned and spec.partition_by:
         writer = writer.partitionBy(*spec.partition_by)
