@@ -18,6 +18,12 @@ no item is in more neighbourhoods than that, the scores are exactly the formula'
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -80,29 +86,131 @@ def transform_cf_recommendations(
     user_items: int,
     max_contributions: int,
 ) -> DataFrame:
+    """Top-N items per user by score(u, i) = Σ_{j∈N(i)} w_ij · r(u, j), bought items excluded.
+
+    The sum is a sparse matrix product, users' ratings R times the contribution matrix W (W[j, i] = w_ij): a join of
+    ratings with neighbourhoods would shuffle every (user, j, i) term — 50 × 50 per user — before summing them.
+    W has one row per item j holding at most ``max_contributions`` entries, so it is shipped whole to each task,
+    and the tasks multiply blocks of users with it."""
     strongest = Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id")
     rated = (
         interactions.filter(F.col("score") > 0)
         .withColumn("position", F.row_number().over(strongest))
         .filter(F.col("position") <= user_items)
-        .select("user_id", F.col("item_id").alias("neighbor_item_id"), F.col("score").alias("rating"))
+        .groupBy("user_id")
+        .agg(F.collect_list(F.struct(F.col("item_id"), F.col("score"))).alias("rated"))
     )
-    bought = interactions.filter(F.col("purchases") > 0).select("user_id", "item_id")
+    bought = (
+        interactions.filter(F.col("purchases") > 0).groupBy("user_id").agg(F.collect_list("item_id").alias("bought"))
+    )
     closest = Window.partitionBy("neighbor_item_id").orderBy(F.desc("weight"), "item_id")
-    neighbours = (
+    contributions = (
         similarity.select("item_id", "neighbor_item_id", "weight")
         .withColumn("reach", F.row_number().over(closest))
         .filter(F.col("reach") <= max_contributions)
+        .select("item_id", "neighbor_item_id", "weight")
     )
-    scored = (
-        rated.join(neighbours, on="neighbor_item_id", how="inner")
-        .groupBy("user_id", "item_id")
-        .agg(F.sum(F.col("weight") * F.col("rating")).alias("score"))
-        .join(bought, on=["user_id", "item_id"], how="left_anti")
+    matrix = ContributionMatrix.of(contributions.toArrow())
+    users = rated.join(bought, on="user_id", how="left").select(
+        "user_id", F.col("rated.item_id").alias("rated_ids"), F.col("rated.score").alias("ratings"), "bought"
     )
-    best = Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id")
-    top = scored.withColumn("rank", F.row_number().over(best)).filter(F.col("rank") <= top_n)
-    return as_of.stamp(top.select("user_id", "item_id", "score", "rank")).select(*CF_RECOMMENDATIONS.columns)
+    top = users.mapInArrow(lambda batches: matrix.recommend(batches, top_n), CF_SCHEMA)
+    return as_of.stamp(top).select(*CF_RECOMMENDATIONS.columns)
+
+
+CF_SCHEMA = "user_id long, item_id long, score double, rank int"
+
+
+class ContributionMatrix:
+    """W[j, i] = w_ij as a CSR matrix over the items that occur in it; runs on the executors."""
+
+    def __init__(self, sources: np.ndarray, targets: np.ndarray, weights: np.ndarray, block_terms: int = 2_000_000):
+        from scipy import sparse
+
+        self.block_terms = block_terms  # bounds a block's (user, i) terms, so its memory, whatever the batch size
+        self.source_ids, source_index = np.unique(sources, return_inverse=True)
+        self.target_ids, target_index = np.unique(targets, return_inverse=True)
+        self.w = sparse.csr_matrix(
+            (weights, (source_index, target_index)), shape=(len(self.source_ids), len(self.target_ids))
+        )
+        self.reach = np.diff(self.w.indptr)  # entries per row j: the terms a rating of j adds
+
+    @classmethod
+    def of(cls, table: pa.Table) -> ContributionMatrix:
+        return cls(
+            table.column("neighbor_item_id").to_numpy(),
+            table.column("item_id").to_numpy(),
+            table.column("weight").to_numpy().astype(np.float64),
+        )
+
+    def recommend(self, batches: Iterable[pa.RecordBatch], top_n: int) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            users = batch.column("user_id").to_numpy()
+            rated = _flat(batch.column("rated_ids"), batch.column("ratings"))
+            bought = _flat(batch.column("bought"))
+            for first, last in self._blocks(users, rated):
+                yield self._top(users, rated, bought, first, last, top_n)
+
+    def _blocks(self, users: np.ndarray, rated: _Flat) -> Iterator[tuple[int, int]]:
+        """User ranges whose rated items add at most ``block_terms`` terms (a heavier user is a block alone)."""
+        known, index = _lookup(self.source_ids, rated.values[0])
+        terms = np.bincount(rated.rows[known], weights=self.reach[index[known]], minlength=len(users))
+        ends = np.cumsum(terms)
+        first = 0
+        while first < len(users):
+            base = ends[first - 1] if first else 0.0
+            last = max(first + 1, int(np.searchsorted(ends, base + self.block_terms, side="right")))
+            yield first, min(last, len(users))
+            first = last
+
+    def _top(self, users: np.ndarray, rated: _Flat, bought: _Flat, first: int, last: int, top_n: int) -> pa.RecordBatch:
+        from scipy import sparse
+
+        picked = (rated.rows >= first) & (rated.rows < last)
+        items, ratings = rated.values[0][picked], rated.values[1][picked]
+        known, index = _lookup(self.source_ids, items)
+        r = sparse.csr_matrix(
+            (ratings[known].astype(np.float64), (rated.rows[picked][known] - first, index[known])),
+            shape=(last - first, len(self.source_ids)),
+        )
+        scores = (r @ self.w).tocoo()
+        rows, targets, values = scores.row.astype(np.int64), scores.col.astype(np.int64), scores.data
+        in_block = (bought.rows >= first) & (bought.rows < last)
+        known_bought, bought_index = _lookup(self.target_ids, bought.values[0][in_block])
+        bought_keys = (bought.rows[in_block][known_bought] - first) * len(self.target_ids) + bought_index[known_bought]
+        keep = ~np.isin(rows * len(self.target_ids) + targets, bought_keys)
+        rows, item_ids, values = rows[keep], self.target_ids[targets[keep]], values[keep]
+        order = np.lexsort((item_ids, -values, rows))  # per user: score descending, then item id
+        rows, item_ids, values = rows[order], item_ids[order], values[order]
+        starts = np.searchsorted(rows, rows, side="left")
+        rank = np.arange(len(rows)) - starts + 1
+        best = rank <= top_n
+        return pa.RecordBatch.from_arrays(
+            [pa.array(users[first:last][rows[best]], pa.int64()), pa.array(item_ids[best], pa.int64()),
+             pa.array(values[best], pa.float64()), pa.array(rank[best], pa.int32())],
+            names=["user_id", "item_id", "score", "rank"],
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Flat:
+    """A batch's list column(s) flattened: each value with the row it came from (null lists hold nothing)."""
+
+    rows: np.ndarray
+    values: tuple[np.ndarray, ...]
+
+
+def _flat(*columns: pa.ListArray) -> _Flat:
+    lengths = pc.fill_null(pc.list_value_length(columns[0]), 0).to_numpy()
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    return _Flat(rows, tuple(pc.list_flatten(c).to_numpy(zero_copy_only=False) for c in columns))
+
+
+def _lookup(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``ids`` in ``sorted_ids``, and which ids are there at all."""
+    index = np.clip(np.searchsorted(sorted_ids, ids), 0, max(len(sorted_ids) - 1, 0))
+    known = sorted_ids[index] == ids if len(sorted_ids) else np.zeros(len(ids), dtype=bool)
+    return known, index
 
 
 def transform_item_neighbors(similarity: DataFrame, as_of: AsOf) -> DataFrame:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import math
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -15,6 +17,7 @@ from spark_jobs import bronze, gold, silver
 from spark_jobs.interactions import AsOf, transform_interactions
 from spark_jobs.item_features import transform_item_features
 from spark_jobs.similarity import (
+    ContributionMatrix,
     transform_baskets,
     transform_cf_recommendations,
     transform_item_neighbors,
@@ -130,6 +133,36 @@ def test_a_popular_item_contributes_only_to_the_items_closest_to_it(spark):
     by_user = {(r.user_id, r.item_id) for r in capped.collect()}
     assert (3, 2) in by_user  # user 3 saw A: A still adds to B, the item it is closest to
     assert (1, 3) not in by_user  # user 1 saw A and B: A no longer adds to C
+
+
+def test_cf_scoring_in_blocks_sums_the_formula_ranks_ties_by_item_and_skips_bought_items():
+    # W[j, i] = w_ij: item 10 is a neighbour of 1 (0.5) and 2 (0.25); item 20 of 2 (0.75) and 3 (0.25)
+    matrix = ContributionMatrix(np.array([10, 10, 20, 20]), np.array([1, 2, 2, 3]), np.array([0.5, 0.25, 0.75, 0.25]))
+    batch = pa.RecordBatch.from_pydict(
+        {"user_id": [7, 8, 9, 6],
+         "rated_ids": [[10, 20], [20], [99], [10]],  # user 9 rated only an item with no neighbourhood
+         "ratings": [[2.0, 1.0], [4.0], [1.0], [1.0]],
+         "bought": [[2], None, None, []]},
+        schema=pa.schema([("user_id", pa.int64()), ("rated_ids", pa.list_(pa.int64())),
+                          ("ratings", pa.list_(pa.float64())), ("bought", pa.list_(pa.int64()))]),
+    )  # fmt: skip
+    expected = {
+        # user 7: score(1) = 0.5·2 = 1.0; score(3) = 0.25·1 = 0.25; item 2 (0.25·2 + 0.75·1) was bought
+        (7, 1): (1.0, 1), (7, 3): (0.25, 2),
+        # user 8: score(2) = 0.75·4 = 3.0, score(3) = 0.25·4 = 1.0
+        (8, 2): (3.0, 1), (8, 3): (1.0, 2),
+        # user 6: score(1) = 0.5, score(2) = 0.25
+        (6, 1): (0.5, 1), (6, 2): (0.25, 2),
+    }  # fmt: skip
+    for block_terms in (1, 2_000_000):  # one user per block, and all users in one
+        matrix.block_terms = block_terms
+        rows = pa.Table.from_batches(list(matrix.recommend(iter([batch]), top_n=5))).to_pylist()
+        assert {(r["user_id"], r["item_id"]): (r["score"], r["rank"]) for r in rows} == expected
+    tied = ContributionMatrix(np.array([10, 10, 10]), np.array([5, 3, 4]), np.array([0.5, 0.5, 0.5]))
+    one = pa.RecordBatch.from_pydict({"user_id": [1], "rated_ids": [[10]], "ratings": [[1.0]], "bought": [None]},
+                                     schema=batch.schema)  # fmt: skip
+    rows = pa.Table.from_batches(list(tied.recommend(iter([one]), top_n=2))).to_pylist()
+    assert [(r["item_id"], r["rank"]) for r in rows] == [(3, 1), (4, 2)]  # equal scores: lower item id first
 
 
 def test_neighbour_lists_and_user_item_lists_keep_rank_order(spark):
