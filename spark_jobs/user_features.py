@@ -50,16 +50,21 @@ def quintile_score(value: Column, thresholds: list[float] | None, higher_is_bett
     return F.when(value.isNull(), None).otherwise(score).cast("int")
 
 
-def transform_rfm(events: DataFrame, as_of: AsOf) -> DataFrame:
+def rfm_measures() -> list[Column]:
+    """Per-user aggregates behind RFM: the last purchase, purchases, and their summed price."""
     is_purchase = F.col("event_type") == "purchase"
-    rfm = events.groupBy("user_id").agg(
+    return [
         F.max(F.when(is_purchase, F.col("event_time"))).alias("last_purchase"),
         F.count(F.when(is_purchase, 1)).alias("frequency"),
         F.coalesce(F.sum(F.when(is_purchase, F.col("price"))), F.lit(0.0)).alias("monetary"),
-    )
+    ]
+
+
+def with_rfm_scores(per_user: DataFrame, as_of: AsOf) -> DataFrame:
+    """Recency in days, 1–5 scores from the buyers' quintiles, and the segment, beside ``rfm_measures``."""
     end_seconds = F.unix_seconds(F.lit(as_of.end).cast("timestamp"))
     recency = F.floor((end_seconds - F.unix_seconds("last_purchase")) / SECONDS_PER_DAY).cast("int")
-    rfm = rfm.withColumn("recency_days", recency)
+    rfm = per_user.withColumn("recency_days", recency)
     buyers = rfm.filter(F.col("frequency") > 0)
     rfm_columns = ("recency_days", "frequency", "monetary")
     quantiles = buyers.agg(*(F.percentile_approx(c, QUINTILES).alias(c) for c in rfm_columns)).first()
@@ -68,10 +73,7 @@ def transform_rfm(events: DataFrame, as_of: AsOf) -> DataFrame:
         thresholds = {c: [float(v) for v in quantiles[c]] for c in rfm_columns}
     bought = F.col("frequency") > 0
     return rfm.select(
-        "user_id",
-        "recency_days",
-        "frequency",
-        "monetary",
+        "*",
         F.when(bought, quintile_score(F.col("recency_days"), thresholds["recency_days"], higher_is_better=False)).alias(
             "r_score"
         ),
@@ -80,16 +82,15 @@ def transform_rfm(events: DataFrame, as_of: AsOf) -> DataFrame:
     ).withColumn("segment", segment(F.col("r_score"), F.col("f_score")))
 
 
-def transform_activity(events: DataFrame, as_of: AsOf) -> DataFrame:
+def activity_counts(as_of: AsOf) -> list[Column]:
     """Counts per event type over the last 1/7/30 days."""
-    counts = [
+    return [
         F.count(
             F.when((F.col("event_type") == t) & (F.col("event_time") >= F.lit(as_of.start(w)).cast("timestamp")), 1)
         ).alias(f"{COUNT_COLUMN[t]}_{w}d")
         for t in EVENT_TYPES
         for w in WINDOWS_DAYS
     ]
-    return events.groupBy("user_id").agg(*counts)
 
 
 def transform_sessions(recent: DataFrame) -> DataFrame:
@@ -143,34 +144,39 @@ def transform_preferred_brand(recent: DataFrame) -> DataFrame:
     )
 
 
-def transform_price_band(events: DataFrame) -> DataFrame:
-    priced = events.filter(F.col("price").isNotNull())
-    quartiles = priced.agg(F.percentile_approx("price", [0.25, 0.5, 0.75]).alias("q")).first()
-    per_user = priced.groupBy("user_id").agg(F.percentile_approx("price", 0.5).alias("median_price"))
+def price_band(events: DataFrame, median_price: Column) -> Column:
+    """The band of a user's median price among the shop's price quartiles; null for a user without prices."""
+    quartiles = (
+        events.filter(F.col("price").isNotNull())
+        .agg(F.percentile_approx("price", [0.25, 0.5, 0.75]).alias("q"))
+        .first()
+    )
     if quartiles is None or quartiles["q"] is None:
-        return per_user.select("user_id", F.lit(None).cast("string").alias("price_band"))
+        return F.lit(None).cast("string")
     q1, q2, q3 = (float(v) for v in quartiles["q"])
-    median = F.col("median_price")
-    band = (
-        F.when(median < q1, PRICE_BANDS[0])
-        .when(median < q2, PRICE_BANDS[1])
-        .when(median < q3, PRICE_BANDS[2])
+    return (
+        F.when(median_price.isNull(), F.lit(None).cast("string"))
+        .when(median_price < q1, PRICE_BANDS[0])
+        .when(median_price < q2, PRICE_BANDS[1])
+        .when(median_price < q3, PRICE_BANDS[2])
         .otherwise(PRICE_BANDS[3])
     )
-    return per_user.select("user_id", band.alias("price_band"))
 
 
 def transform_user_features(events: DataFrame, as_of: AsOf) -> DataFrame:
-    """One row per user with any event in ``events`` (the history window of non-bot silver events)."""
+    """One row per user with any event in ``events`` (the history window of non-bot silver events).
+
+    What is grouped by user alone — RFM, activity, the median price — is one aggregation, not three joined."""
     recent = events.filter(F.col("event_time") >= F.lit(as_of.start(30)).cast("timestamp"))
-    features = transform_rfm(events, as_of)
+    per_user = events.groupBy("user_id").agg(
+        *rfm_measures(), *activity_counts(as_of), F.percentile_approx("price", 0.5).alias("median_price")
+    )
+    features = with_rfm_scores(per_user, as_of).withColumn("price_band", price_band(events, F.col("median_price")))
     for part in (
-        transform_activity(events, as_of),
         transform_sessions(recent),
         transform_conversion(recent),
         transform_category_affinity(recent),
         transform_preferred_brand(recent),
-        transform_price_band(events),
     ):
         features = features.join(part, on="user_id", how="left")
     zero_filled: dict[str, bool | float | int | str] = {
