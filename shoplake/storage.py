@@ -280,16 +280,21 @@ def _stage_name(settings: Settings, spec: TableSpec) -> str:
     return f"{settings.staging_root}/{spec.name}/{stamp}-{uuid.uuid4().hex[:12]}"
 
 
+def _by_partition(df: DataFrame, spec: TableSpec) -> DataFrame:
+    """``df`` rebalanced on the table's partition columns, for a partitioned write.
+
+    Without it every task writes a file into every partition it holds: 16 tasks × 30 dates = 480 small files, and
+    each later scan pays per file (a gold run reads silver ten times). Rebalancing lets adaptive execution write few
+    files per partition value, splitting only values larger than its advisory size."""
+    return df.hint("rebalance", *spec.partition_by) if spec.partition_by else df
+
+
 def _stage(df: DataFrame, spec: TableSpec, staged_dir: str, *, partitioned: bool) -> list[_StagedFile]:
     """Let Spark's executors write the Parquet files; return what they wrote, with Delta statistics."""
     if partitioned and spec.partition_by:
-        # Without it every task writes a file into every partition it holds: 16 tasks × 30 dates = 480 small files,
-        # and each later scan pays per file (a gold run reads silver ten times). Rebalancing lets adaptive execution
-        # write few files per partition value, splitting only values larger than its advisory size.
-        df = df.hint("rebalance", *spec.partition_by)
-    writer = df.write.mode("error")
-    if partitioned and spec.partition_by:
-        writer = writer.partitionBy(*spec.partition_by)
+        writer = _by_partition(df, spec).write.mode("error").partitionBy(*spec.partition_by)
+    else:
+        writer = df.write.mode("error")
     try:
         writer.parquet(_spark_path(staged_dir))
     except BaseException:
@@ -575,7 +580,7 @@ def _write_with_connector(
         target = SparkDeltaTable.forPath(spark, path).alias("t")
         target.merge(df.alias("s"), condition).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
     else:
-        writer = df.write.format("delta").partitionBy(*spec.partition_by)
+        writer = _by_partition(df, spec).write.format("delta").partitionBy(*spec.partition_by)
         if mode == "overwrite_partitions" and exists:
             targets = list(partitions) if partitions is not None else [
                 row.asDict() for row in df.select(*spec.partition_by).distinct().collect()
