@@ -77,6 +77,19 @@ def transform_item_similarity(
     )
 
 
+def strongest_items(interactions: DataFrame, user_items: int) -> DataFrame:
+    """(user_id, top): each user's ``user_items`` highest-scored items j with r(u, j) > 0, in rank order — the
+    items the CF formula sums over."""
+    strongest = Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id")
+    return (
+        interactions.filter(F.col("score") > 0)
+        .withColumn("position", F.row_number().over(strongest))
+        .filter(F.col("position") <= user_items)
+        .groupBy("user_id")
+        .agg(F.array_sort(F.collect_list(F.struct("position", "item_id", "score"))).alias("top"))
+    )
+
+
 def transform_cf_recommendations(
     interactions: DataFrame,
     similarity: DataFrame,
@@ -92,14 +105,7 @@ def transform_cf_recommendations(
     ratings with neighbourhoods would shuffle every (user, j, i) term — 50 × 50 per user — before summing them.
     W has one row per item j holding at most ``max_contributions`` entries, so it is shipped whole to each task,
     and the tasks multiply blocks of users with it."""
-    strongest = Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id")
-    rated = (
-        interactions.filter(F.col("score") > 0)
-        .withColumn("position", F.row_number().over(strongest))
-        .filter(F.col("position") <= user_items)
-        .groupBy("user_id")
-        .agg(F.collect_list(F.struct(F.col("item_id"), F.col("score"))).alias("rated"))
-    )
+    rated = strongest_items(interactions, user_items)
     bought = (
         interactions.filter(F.col("purchases") > 0).groupBy("user_id").agg(F.collect_list("item_id").alias("bought"))
     )
@@ -112,7 +118,7 @@ def transform_cf_recommendations(
     )
     matrix = ContributionMatrix.of(contributions.toArrow())
     users = rated.join(bought, on="user_id", how="left").select(
-        "user_id", F.col("rated.item_id").alias("rated_ids"), F.col("rated.score").alias("ratings"), "bought"
+        "user_id", F.col("top.item_id").alias("rated_ids"), F.col("top.score").alias("ratings"), "bought"
     )
     top = users.mapInArrow(lambda batches: matrix.recommend(batches, top_n), CF_SCHEMA)
     return as_of.stamp(top).select(*CF_RECOMMENDATIONS.columns)
@@ -230,14 +236,7 @@ def transform_item_neighbors(similarity: DataFrame, as_of: AsOf) -> DataFrame:
 def transform_user_items(interactions: DataFrame, as_of: AsOf, *, user_items: int, bought_items: int) -> DataFrame:
     """Per user: the ``user_items`` highest-scored items with their scores r(u, j) (what the CF formula sums over)
     and up to ``bought_items`` most recently bought items (what a recommender must not offer again)."""
-    rated = interactions.filter(F.col("score") > 0)
-    strongest = Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id")
-    top = (
-        rated.withColumn("position", F.row_number().over(strongest))
-        .filter(F.col("position") <= user_items)
-        .groupBy("user_id")
-        .agg(F.array_sort(F.collect_list(F.struct("position", "item_id", "score"))).alias("top"))
-    )
+    top = strongest_items(interactions, user_items)
     latest = Window.partitionBy("user_id").orderBy(F.desc("last_event_time"), "item_id")
     bought = (
         interactions.filter(F.col("purchases") > 0)
