@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 
 from shoplake import storage
@@ -230,15 +230,17 @@ def run_silver(
         raise ShoplakeError("silver needs at least one date to process")
     rules = rules or SilverRules.from_settings(get_settings())
     dates = tuple(sorted(set(dates)))
-    typed = transform_type(read_bronze_scope(spark, dates), rules).persist(StorageLevel.MEMORY_AND_DISK)
+    typed = transform_type(read_bronze_scope(spark, dates), rules)
+    # typed is not cached (caching every raw string column cost more than reading bronze again); its totals are
+    # observed while the classification below reads it, and only quarantine reads bronze a second time.
+    seen = Observation("silver_typed_rows")
+    observed = typed.observe(seen, F.count(F.lit(1)).alias("rows"), F.count("reason").alias("quarantined"))
+    classified = transform_classify_repeats(transform_valid(observed), rules.repeat_window_seconds)
+    classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        classified = transform_classify_repeats(transform_valid(typed), rules.repeat_window_seconds)
-        classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
         counts = {outcome: 0 for outcome in OUTCOMES}
         counts.update({r.outcome: r["count"] for r in classified.groupBy("outcome").count().collect()})
-        totals = typed.agg(F.count(F.lit(1)).alias("rows"), F.count("reason").alias("quarantined")).first()
-        assert totals is not None  # a global aggregate always has one row
-        bronze_rows, counts["quarantined"] = totals["rows"], totals["quarantined"]
+        bronze_rows, counts["quarantined"] = seen.get["rows"], seen.get["quarantined"]
 
         silver = transform_silver(classified.filter(F.col("outcome") == "kept"), rules, processed_at)
         written = storage.write_table(
@@ -249,7 +251,6 @@ def run_silver(
             storage.merge_table(quarantine, QUARANTINE_EVENTS, run_id=run_id) if counts["quarantined"] else None
         )
     finally:
-        typed.unpersist()
         classified.unpersist()
     duplicates = counts["exact_duplicate"] + counts["collapsed"]
     metrics = {"bronze_rows": bronze_rows, "silver_rows": written.rows, "duplicates_removed": duplicates, **counts}
