@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from shoplake.errors import ShoplakeError
 from shoplake.run_metrics import record_metrics
 from shoplake.settings import Settings, get_settings
-from spark_jobs.gold import cf_recommendations_of, item_similarity_of, read_history
+from spark_jobs.gold import baskets_of, cf_recommendations_of, item_similarity_of, read_history
 from spark_jobs.interactions import AsOf, transform_interactions
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def evaluate(
         test = events.filter(F.col("event_time") >= F.lit(split))
         as_of = AsOf(split.date(), computed_at)
         interactions = transform_interactions(train, as_of, settings.event_weights, settings.half_life_days).cache()
-        similarity = item_similarity_of(train, as_of, settings)
+        similarity = item_similarity_of(baskets_of(train, settings), as_of, settings)
         cf = cf_recommendations_of(interactions, similarity, as_of, settings).select("user_id", "item_id", "rank")
         seen = interactions.select("user_id", "item_id")
         relevant = (

@@ -65,9 +65,9 @@ def transform_item_similarity(
     )
     n_i = holding.select(F.col("item_id"), F.col("baskets").alias("n_i"))
     n_j = holding.select(F.col("item_id").alias("neighbor_item_id"), F.col("baskets").alias("n_j"))
-    weighted = (
-        pairs.join(n_i, on="item_id", how="inner")
-        .join(n_j, on="neighbor_item_id", how="inner")
+    weighted = (  # one count per item, so broadcast: a shuffled join would move every pair twice more
+        pairs.join(F.broadcast(n_i), on="item_id", how="inner")
+        .join(F.broadcast(n_j), on="neighbor_item_id", how="inner")
         .withColumn("weight", F.col("support") / (F.pow("n_i", 1 - damping) * F.pow("n_j", damping)))
     )
     best = Window.partitionBy("item_id").orderBy(F.desc("weight"), F.desc("support"), "neighbor_item_id")
