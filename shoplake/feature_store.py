@@ -254,7 +254,43 @@ def _table(view: Any) -> str:
 
 def online_features(store: FeatureStore, features: list[str] | Any, entity_rows: list[dict[str, Any]]) -> dict:
     return retrying("reading online features",
-                    lambda: store.get_online_features(features=features, entity_rows=entity_rows).to_dict())  # fmt: skip
+                    lambda: response_values(store.get_online_features(features=features, entity_rows=entity_rows)))  # fmt: skip
+
+
+# Value kinds that Feast's to_dict returns as they are (scalars) or as a plain list (lists), unless a UUID type
+# hint asks it to parse strings.
+_PLAIN_SCALARS = frozenset(f"{t}_val" for t in ("int32", "int64", "float", "double", "string", "bool", "bytes"))
+_PLAIN_LISTS = frozenset(f"{t}_list_val" for t in ("int32", "int64", "float", "double", "string", "bool", "bytes"))
+
+
+def response_values(response: Any) -> dict[str, list[Any]]:
+    """``OnlineResponse.to_dict()``: the same values, without Feast's per-value type dispatch for plain numbers,
+    strings and their lists (for 100 items with 384-float embeddings that dispatch was a third of a request).
+    Any other kind (timestamps, maps, sets) and UUID-typed features go through Feast's own conversion."""
+    from feast.type_map import feast_value_type_to_python_type
+    from feast.value_type import ValueType
+
+    uuid_types = {ValueType.UUID, ValueType.TIME_UUID, ValueType.UUID_LIST, ValueType.TIME_UUID_LIST}
+    types = response._feature_types  # what Feast's to_dict reads: name → declared ValueType
+    out: dict[str, list[Any]] = {}
+    for name, vector in zip(response.proto.metadata.feature_names.val, response.proto.results, strict=True):
+        hint = types.get(name)
+        if hint in uuid_types:
+            out[name] = [feast_value_type_to_python_type(v, hint) for v in vector.values]
+            continue
+        column: list[Any] = []
+        for value in vector.values:
+            kind = value.WhichOneof("val")
+            if kind is None:
+                column.append(None)
+            elif kind in _PLAIN_LISTS:
+                column.append(list(getattr(value, kind).val))
+            elif kind in _PLAIN_SCALARS:
+                column.append(getattr(value, kind))
+            else:
+                column.append(feast_value_type_to_python_type(value, hint))
+        out[name] = column
+    return out
 
 
 def _same(online: Any, offline: Any) -> bool:

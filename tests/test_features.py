@@ -71,6 +71,10 @@ def test_publish_serves_online_matches_offline_and_keeps_its_watermark(spark, la
     assert online["segment"] == ["browsers", None]  # an unknown user: null features, not an error
     assert online["neighbor_ids"] == [[11], [11]] and online["item_ids"] == [[10], None]
     assert online["price_to_user_average"][0] == pytest.approx(0.5)  # 5.0 ÷ (10.0 / 1)
+    assert online == store.get_online_features(  # the fast conversion gives Feast's own values
+        features=store.get_feature_service("recommender_v1"),
+        entity_rows=[{"user_id": 7, "item_id": 10}, {"user_id": 999, "item_id": 10}],
+    ).to_dict()
     assert feature_store.check_consistency(spark, store)["user_profile"] == 2
 
     assert feature_store.publish(spark) == []  # re-applying kept the watermark
@@ -85,6 +89,31 @@ def test_publish_serves_online_matches_offline_and_keeps_its_watermark(spark, la
 
     with pytest.raises(FeatureServiceNotFoundException):
         store.get_feature_service("recommender_v9")
+
+
+def test_response_values_equal_feasts_to_dict_for_every_kind_of_value():
+    from feast.online_response import OnlineResponse
+    from feast.protos.feast.serving.ServingService_pb2 import FieldStatus, GetOnlineFeaturesResponse
+    from feast.protos.feast.types.Value_pb2 import FloatList, Int64List, StringList, Value
+    from feast.value_type import ValueType
+
+    columns = {
+        "count": [Value(int64_val=3), Value()],
+        "name": [Value(string_val="kids.toys"), Value(string_val="")],
+        "embedding": [Value(float_list_val=FloatList(val=[0.25, -1.5])), Value()],
+        "ids": [Value(int64_list_val=Int64List(val=[1, 2])), Value(int64_list_val=Int64List())],
+        "seen_at": [Value(unix_timestamp_val=1_570_000_000), Value()],  # Feast makes it a datetime
+        "order_uuid": [Value(string_val="12345678-1234-5678-1234-567812345678"), Value()],  # hinted: a UUID
+        "tags": [Value(string_list_val=StringList(val=["a", "b"])), Value()],
+    }
+    proto = GetOnlineFeaturesResponse()
+    proto.metadata.feature_names.val.extend(columns)
+    for values in columns.values():
+        proto.results.add(values=values, statuses=[FieldStatus.PRESENT] * len(values))
+    response = OnlineResponse(proto, feature_types={"order_uuid": ValueType.UUID, "count": ValueType.INT64})
+    values = feature_store.response_values(response)
+    assert values == response.to_dict()
+    assert values["embedding"] == [[0.25, -1.5], None] and isinstance(values["order_uuid"][0], uuid.UUID)
 
 
 def test_a_changed_online_value_fails_the_consistency_check(spark, lake):
