@@ -271,7 +271,7 @@ def response_values(response: Any) -> dict[str, list[Any]]:
     from feast.value_type import ValueType
 
     uuid_types = {ValueType.UUID, ValueType.TIME_UUID, ValueType.UUID_LIST, ValueType.TIME_UUID_LIST}
-    types = response._feature_types  # what Feast's to_dict reads: name → declared ValueType
+    types = getattr(response, "_feature_types", None) or {}  # what Feast's to_dict reads: name → declared type
     out: dict[str, list[Any]] = {}
     for name, vector in zip(response.proto.metadata.feature_names.val, response.proto.results, strict=True):
         hint = types.get(name)

@@ -240,7 +240,13 @@ def run_silver(
     try:
         counts = {outcome: 0 for outcome in OUTCOMES}
         counts.update({r.outcome: r["count"] for r in classified.groupBy("outcome").count().collect()})
-        bronze_rows, counts["quarantined"] = seen.get["rows"], seen.get["quarantined"]
+        if any(counts.values()):
+            totals = seen.get
+        else:  # no valid row: Spark may have pruned an empty scope's plan, observation and all
+            row = typed.agg(F.count(F.lit(1)).alias("rows"), F.count("reason").alias("quarantined")).first()
+            assert row is not None  # a global aggregate always has one row
+            totals = row.asDict()
+        bronze_rows, counts["quarantined"] = totals["rows"], totals["quarantined"]
 
         silver = transform_silver(classified.filter(F.col("outcome") == "kept"), rules, processed_at)
         written = storage.write_table(

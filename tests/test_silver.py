@@ -137,6 +137,14 @@ def test_rerunning_a_date_gives_an_identical_table(spark, lake, tmp_path):
     assertDataFrameEqual(storage.read_table(spark, "silver_events"), first_rows)
 
 
+def test_a_date_without_events_and_a_date_of_only_bad_rows_reconcile(spark, lake, tmp_path):
+    land(spark, tmp_path, "d1.csv", [event("2019-10-01 10:00:00", user=""), event("2019-10-01 11:00:00", product="")])
+    only_bad = run(spark, dates=(D1,))  # every row quarantined: no valid row to count them on the way
+    assert (only_bad.bronze_rows, only_bad.counts["quarantined"], only_bad.counts["kept"]) == (2, 2, 0)
+    empty = run(spark, dates=(dt.date(2019, 11, 5),))  # nothing landed for that date
+    assert (empty.bronze_rows, sum(empty.counts.values())) == (0, 0)
+
+
 def test_reconciliation_fails_loudly_when_rows_go_missing():
     counts = {"kept": 10, "exact_duplicate": 1, "collapsed": 1, "quarantined": 2}
     check_reconciliation(14, counts, 10, 2)
