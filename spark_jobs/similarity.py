@@ -186,6 +186,8 @@ class ContributionMatrix:
         bought_keys = (bought.rows[in_block][known_bought] - first) * len(self.target_ids) + bought_index[known_bought]
         keep = ~np.isin(rows * len(self.target_ids) + targets, bought_keys)
         rows, item_ids, values = rows[keep], self.target_ids[targets[keep]], values[keep]
+        contenders = _at_least_nth_best(rows, values, last - first, top_n)
+        rows, item_ids, values = rows[contenders], item_ids[contenders], values[contenders]
         order = np.lexsort((item_ids, -values, rows))  # per user: score descending, then item id
         rows, item_ids, values = rows[order], item_ids[order], values[order]
         starts = np.searchsorted(rows, rows, side="left")
@@ -196,6 +198,29 @@ class ContributionMatrix:
              pa.array(values[best], pa.float64()), pa.array(rank[best], pa.int32())],
             names=["user_id", "item_id", "score", "rank"],
         )  # fmt: skip
+
+
+def _at_least_nth_best(rows: np.ndarray, values: np.ndarray, n_rows: int, n: int) -> np.ndarray:
+    """Mask of the entries whose value is at least their row's n-th largest (ties included), for row-sorted
+    ``rows``: only those can make a row's top n, so only they need sorting (sorting every candidate of a block was
+    three quarters of CF's time). Rows of more than n entries are padded into dense arrays, one per power-of-two
+    width, so the padding never exceeds the entries themselves."""
+    counts = np.bincount(rows, minlength=n_rows)
+    crowded = np.flatnonzero(counts > n)
+    if not len(crowded):
+        return np.ones(len(rows), dtype=bool)
+    slot = np.arange(len(rows)) - (np.cumsum(counts) - counts)[rows]  # each entry's position within its row
+    widths = 2 ** np.ceil(np.log2(counts[crowded])).astype(np.int64)
+    nth_best = np.full(n_rows, -np.inf)
+    for width in np.unique(widths):
+        group = crowded[widths == width]
+        position = np.full(n_rows, -1)
+        position[group] = np.arange(len(group))
+        member = position[rows] >= 0
+        dense = np.full((len(group), int(width)), -np.inf)
+        dense[position[rows[member]], slot[member]] = values[member]
+        nth_best[group] = -np.partition(-dense, n - 1, axis=1)[:, n - 1]
+    return values >= nth_best[rows]
 
 
 @dataclass(frozen=True)

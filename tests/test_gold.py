@@ -158,6 +158,25 @@ def test_cf_scoring_in_blocks_sums_the_formula_ranks_ties_by_item_and_skips_boug
         matrix.block_terms = block_terms
         rows = pa.Table.from_batches(list(matrix.recommend(iter([batch]), top_n=5))).to_pylist()
         assert {(r["user_id"], r["item_id"]): (r["score"], r["rank"]) for r in rows} == expected
+    rng = np.random.default_rng(3)  # many candidates per user, scores with ties: the top n against brute force
+    sources, targets = rng.integers(0, 30, 3000), rng.integers(100, 400, 3000)
+    weights = rng.integers(1, 4, 3000) / 4
+    pairs = {(j, i): w for j, i, w in zip(sources.tolist(), targets.tolist(), weights.tolist(), strict=True)}
+    many = ContributionMatrix(*(np.array(c) for c in zip(*((j, i, w) for (j, i), w in pairs.items()), strict=True)))
+    users = [{"user_id": u, "rated_ids": rng.choice(30, 5, replace=False).tolist(),
+              "ratings": rng.integers(1, 3, 5).astype(float).tolist(), "bought": [int(rng.integers(100, 400))]}
+             for u in range(40)]  # fmt: skip
+    got = pa.Table.from_batches(list(many.recommend(iter([pa.RecordBatch.from_pylist(users, schema=batch.schema)]), 7)))
+    for user in users:
+        score: dict[int, float] = {}
+        for j, r in zip(user["rated_ids"], user["ratings"], strict=True):
+            for (source, i), w in pairs.items():
+                if source == j and i not in user["bought"]:
+                    score[i] = score.get(i, 0.0) + w * r
+        best = sorted(score, key=lambda i: (-score[i], i))[:7]
+        mine = [r for r in got.to_pylist() if r["user_id"] == user["user_id"]]
+        assert [(r["item_id"], r["rank"]) for r in mine] == [(i, k + 1) for k, i in enumerate(best)]
+        assert [r["score"] for r in mine] == pytest.approx([score[i] for i in best])
     tied = ContributionMatrix(np.array([10, 10, 10]), np.array([5, 3, 4]), np.array([0.5, 0.5, 0.5]))
     one = pa.RecordBatch.from_pydict({"user_id": [1], "rated_ids": [[10]], "ratings": [[1.0]], "bought": [None]},
                                      schema=batch.schema)  # fmt: skip
