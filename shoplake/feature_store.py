@@ -4,7 +4,8 @@ Environments (``SHOPLAKE_FEAST_ENV``), each also written as a ``feature_store.ya
 - ``local``: file registry and SQLite online store under ``$SHOPLAKE_HOME/feast``, Feast's file offline store
   reading the gold Delta tables through ``deltalake``.
 - ``production``: SQL registry on PostgreSQL (``SHOPLAKE_FEAST_REGISTRY_URL``), Redis online store
-  (``SHOPLAKE_FEAST_REDIS``), Feast's Spark offline store. Delta's Spark connector is absent here, so the gold
+  (``SHOPLAKE_FEAST_REDIS``; Feast's Redis store with a leaner read, ``redis_online_store``), Feast's Spark offline
+  store. Delta's Spark connector is absent here, so the gold
   tables are registered as Spark temporary views over their Delta snapshots (``register_spark_tables``).
 
 Publishing applies the definitions (re-applying keeps each view's materialization watermark) and materializes each
@@ -51,6 +52,8 @@ class FeatureStoreError(ShoplakeError):
 def repo_config(settings: Settings | None = None) -> Any:
     from feast.repo_config import RepoConfig
 
+    from shoplake.redis_online_store import STORE_TYPE as REDIS_STORE
+
     settings = settings or get_settings()
     feast_dir = settings.home / "feast"
     feast_dir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +62,7 @@ def repo_config(settings: Settings | None = None) -> Any:
             project=PROJECT, provider="local", entity_key_serialization_version=3,
             registry={"registry_type": "sql", "path": settings.feast_registry_url, "cache_ttl_seconds": 60,
                       "sqlalchemy_config_kwargs": {"pool_pre_ping": True}},
-            online_store={"type": "redis", "connection_string": settings.feast_redis},
+            online_store={"type": REDIS_STORE, "connection_string": settings.feast_redis},
             offline_store={"type": "spark", "spark_conf": {"spark.sql.session.timeZone": "UTC"}},
             repo_path=str(REPO_DIR),
         )  # fmt: skip
@@ -174,6 +177,8 @@ def publish(spark: SparkSession, settings: Settings | None = None, *, full_refre
     The watermark follows feature time (the end of a gold date; an embedding's creation), not the clock, so a
     shop's history loads on the first publish and each daily run adds its date. A rerun of an older date is
     republished with ``full_refresh`` (materializes each view from its earliest feature time again)."""
+    from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+
     from shoplake import redis_writer
 
     settings = settings or get_settings()
@@ -184,7 +189,7 @@ def publish(spark: SparkSession, settings: Settings | None = None, *, full_refre
     done = []
     together: dict[tuple[str, dt.datetime, dt.datetime], list[Any]] = {}
     for view, start, end in _windows(store.list_feature_views(), full_refresh):
-        if store.config.online_store.type == "redis" and redis_writer.supports(view):
+        if isinstance(store.config.online_store, RedisOnlineStoreConfig) and redis_writer.supports(view):
             together.setdefault((_table(view), start, end), []).append(view)
         else:
             _materialize(store, view.name, start, end)

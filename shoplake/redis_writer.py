@@ -116,8 +116,9 @@ def write_views(store: FeatureStore, views: list[FeatureView], rows: pa.Table) -
     client = online_store._get_client(store.config.online_store)  # noqa: SLF001
     key_name = views[0].entity_columns[0].name
     key_field = "int64_val" if views[0].entity_columns[0].dtype.to_value_type() == ValueType.INT64 else "string_val"
-    fields = [(f.name, _mmh3(f"{view.name}:{f.name}"), encoders[f.dtype.to_value_type()])
+    fields = [(f.name, _mmh3(f"{view.name}:{f.name}"), f.dtype.to_value_type())
               for view in views for f in view.features]  # fmt: skip
+    entity_key = _entity_key_of(store.project, key_name, key_field, store.config.entity_key_serialization_version)
     ts_fields = [f"_ts:{view.name}" for view in views]
 
     def send(keys: list[bytes], mappings: list[dict[Any, bytes]]) -> None:
@@ -130,14 +131,10 @@ def write_views(store: FeatureStore, views: list[FeatureView], rows: pa.Table) -
     with ThreadPoolExecutor(max_workers=1) as sender:
         pending: Future[None] | None = None
         for batch in rows.to_batches(max_chunksize=ROWS_PER_PIPELINE):
-            keys = [_entity_key(store.project, key_name, key_field, k, store.config.entity_key_serialization_version)
-                    for k in batch.column(key_name).to_pylist()]  # fmt: skip
+            keys = [entity_key(k) for k in batch.column(key_name).to_pylist()]
             stamps = [Timestamp(seconds=m // 1_000_000, nanos=m % 1_000_000 * 1000).SerializeToString()
                       for m in batch.column("_feature_micros").to_pylist()]  # fmt: skip
-            columns = {name: batch.column(name).to_pylist() for name in dict.fromkeys(n for n, _, _ in fields)}
-            encoded = [
-                (field, [b"" if v is None else encode(v) for v in columns[name]]) for name, field, encode in fields
-            ]
+            encoded = [(field, _encoded(batch.column(name), kind, encoders[kind])) for name, field, kind in fields]
             mappings: list[dict[Any, bytes]] = [dict.fromkeys(ts_fields, stamp) for stamp in stamps]
             for field, values in encoded:
                 for mapping, value in zip(mappings, values, strict=True):
@@ -149,6 +146,66 @@ def write_views(store: FeatureStore, views: list[FeatureView], rows: pa.Table) -
         if pending is not None:
             pending.result()
     return written
+
+
+# Value fields (ValueProto numbers) of the list types whose elements protobuf packs as raw little-endian bytes.
+_PACKED_LISTS = {"FLOAT_LIST": (16, "float"), "DOUBLE_LIST": (15, "double")}
+
+
+def _encoded(column: pa.Array, kind: Any, encode: Callable[[Any], bytes]) -> list[bytes]:
+    """Each value's serialized ``ValueProto`` (None → the empty value, as Feast). Float and double lists are framed
+    straight from Arrow's buffer — protobuf's packed encoding is those bytes behind two length prefixes — rather
+    than through a Python float per element (the embeddings are most of what is written)."""
+    import pyarrow as pa
+
+    packed = _PACKED_LISTS.get(kind.name)
+    if (packed and pa.types.is_list(column.type) and str(column.type.value_type) == packed[1]
+            and column.values.null_count == 0):  # fmt: skip
+        tag = _varint(packed[0] << 3 | 2)
+        width = column.type.value_type.bit_width // 8
+        data = memoryview(column.values.to_numpy()).cast("B")
+        offsets = column.offsets.to_numpy()
+        out = []
+        for row, valid in enumerate(column.is_valid().to_pylist()):
+            if not valid:
+                out.append(b"")
+                continue
+            start, end = int(offsets[row]) * width, int(offsets[row + 1]) * width
+            inner = b"\x0a" + _varint(end - start) + data[start:end] if end > start else b""
+            out.append(tag + _varint(len(inner)) + inner)
+        return out
+    return [b"" if v is None else encode(v) for v in column.to_pylist()]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _entity_key_of(project: str, join_key: str, value_field: str, version: int) -> Callable[[Any], bytes]:
+    """A function from an entity value to its Redis key. Int64 keys are Feast's serialized key of 0 with the last
+    8 bytes (the value, little-endian) replaced — checked against Feast's own serialization of probe values first;
+    anything else goes through Feast's serialization."""
+    import struct
+
+    def feasts(value: Any) -> bytes:
+        return _entity_key(project, join_key, value_field, value, version)
+
+    if value_field != "int64_val":
+        return feasts
+    zero = feasts(0)
+    cut = zero.rfind(struct.pack("<q", 0) + project.encode())
+    head, tail = zero[:cut], zero[cut + 8 :]
+
+    def direct(value: int) -> bytes:
+        return head + struct.pack("<q", value) + tail
+
+    probes = (1, -1, 2**40 + 7, 9_223_372_036_854_775_807)
+    return direct if cut >= 0 and all(direct(p) == feasts(p) for p in probes) else feasts
 
 
 @functools.lru_cache(maxsize=1_000_000)

@@ -91,6 +91,24 @@ def test_publish_serves_online_matches_offline_and_keeps_its_watermark(spark, la
         store.get_feature_service("recommender_v9")
 
 
+def test_the_writers_packed_lists_are_the_bytes_protobuf_serializes():
+    """Float and double lists framed from Arrow's buffer equal ``ValueProto.SerializeToString`` — null, empty,
+    one-element and long lists (multi-byte length prefixes), in a sliced batch as ``write_views`` reads them."""
+    import math
+
+    import pyarrow as pa
+    from feast.value_type import ValueType
+
+    lists = [[1.5, -2.25], None, [], [math.pi], [0.1 * n for n in range(300)], [float("inf"), -0.0]]
+    for kind, arrow in ((ValueType.FLOAT_LIST, pa.float32()), (ValueType.DOUBLE_LIST, pa.float64())):
+        column = pa.array([[0.0]] + lists, pa.list_(arrow)).slice(1)
+        encode = redis_writer._encoders()[kind]
+        assert redis_writer._encoded(column, kind, encode) == [b"" if v is None else encode(v) for v in lists]
+    with_null_element = pa.array([[1.0, None]], pa.list_(pa.float64()))
+    with pytest.raises(TypeError):  # Feast cannot encode a null element either; the writer does not hide it
+        redis_writer._encoded(with_null_element, ValueType.DOUBLE_LIST, redis_writer._encoders()[ValueType.DOUBLE_LIST])
+
+
 def test_response_values_equal_feasts_to_dict_for_every_kind_of_value():
     from feast.online_response import OnlineResponse
     from feast.protos.feast.serving.ServingService_pb2 import FieldStatus, GetOnlineFeaturesResponse
@@ -228,6 +246,49 @@ def test_the_bulk_redis_writer_writes_byte_for_byte_what_feast_materialize_write
         assert {m.start for m in again} == {(end_of(2) + dt.timedelta(seconds=1)).replace(tzinfo=dt.UTC)}
         online = feature_store.online_features(store, ["user_profile:segment"], [{"user_id": 8}, {"user_id": 7}])
         assert online["segment"] == ["champions", "loyal"]
+
+
+def test_shoplakes_redis_store_answers_exactly_what_feasts_redis_store_answers(
+    spark, lake, monkeypatch, postgres, redis
+):
+    """The same response proto (values, statuses, feature times) from Feast's stock Redis store and from the leaner
+    read: feature services with an on-demand view, views of two entities in one request, repeated and unknown
+    entities, full feature names."""
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    from shoplake.redis_online_store import ShoplakeRedisOnlineStore
+
+    with production(monkeypatch, redis_db=7):
+        write_gold(spark, [user_row(7, 1, "browsers"), user_row(7, 2, "loyal", monetary=12.5), user_row(8, 1, "new")],
+                   [item_row(10, 1, 5.0), item_row(11, 2, 8.0)])  # fmt: skip
+        feature_store.publish(spark)
+        ours = feature_store.get_store()
+        assert isinstance(ours._get_provider().online_store, ShoplakeRedisOnlineStore)
+        config = ours.config
+        stock = FeatureStore(config=RepoConfig(
+            project=config.project, provider="local", registry=config.registry, repo_path=str(config.repo_path),
+            entity_key_serialization_version=config.entity_key_serialization_version, offline_store={"type": "file"},
+            online_store={"type": "redis", "connection_string": get_settings().feast_redis},
+        ))  # fmt: skip
+        assert type(stock._get_provider().online_store).__name__ == "RedisOnlineStore"
+
+        recommender = ours.get_feature_service("recommender_v1")
+        both = [{"user_id": u, "item_id": i} for u, i in ((7, 10), (8, 11), (7, 11), (404, 10), (7, 999), (7, 10))]
+        requests = [
+            (recommender, both, False),
+            (recommender, both, True),
+            (ours.get_feature_service("marketing_analytics_v1"), [{"user_id": u} for u in (8, 7, 8, 404)], False),
+            (["item_stats:price_mean", "item_embedding:embedding", "item_neighbors:neighbor_ids"],
+             [{"item_id": i} for i in (11, 10, 12, 10)], False),
+            (["user_profile:segment", "item_stats:popularity_rank"], both, True),
+        ]  # fmt: skip
+        for features, rows, full in requests:
+            theirs = stock.get_online_features(features=features, entity_rows=rows, full_feature_names=full)
+            leaner = ours.get_online_features(features=features, entity_rows=rows, full_feature_names=full)
+            assert leaner.proto == theirs.proto
+            assert leaner.to_dict() == theirs.to_dict()
+        assert feature_store.online_features(ours, ["user_profile:segment"], [{"user_id": 7}])["segment"] == ["loyal"]
 
 
 def test_ranking_metrics_by_hand(spark):
