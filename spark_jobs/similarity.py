@@ -1,9 +1,12 @@
 """Gold ``item_similarity`` and ``cf_recommendations``: item-based collaborative filtering.
 
 Co-occurrence is counted over *baskets*: each session's and each user's most recent ``basket_items`` distinct
-items. Pairs come from a join of baskets with themselves on the basket id — at most ``basket_items²`` pairs per
-basket, so the work grows with the data, never with items × items. For items i, j with c_ij baskets holding both
-and n_i baskets holding i,
+items — at most ``basket_items²`` pairs per basket, so the work grows with the data, never with items × items.
+Baskets are partitioned by basket id and each task counts its pairs as a sparse product C = BᵀB of its baskets ×
+items matrix (what a self-join on the basket id and a count would do, in compiled code, with a task's repeated
+pairs summed at once); the partial counts are then partitioned by item and sorted, and each task sums them per
+pair, weighs them and keeps every item's top K (``NeighbourRanking``) — no pair table is materialised whole, and
+no window sorts every pair. For items i, j with c_ij baskets holding both and n_i baskets holding i,
 
     w_ij = c_ij / (n_i^(1−α) · n_j^α)
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -55,26 +59,108 @@ def transform_item_similarity(
     baskets: DataFrame, as_of: AsOf, *, top_k: int, damping: float, min_support: int
 ) -> DataFrame:
     holding = baskets.groupBy("item_id").agg(F.count(F.lit(1)).alias("baskets"))
-    left, right = baskets.alias("a"), baskets.alias("b")
-    pairs = (
-        left.join(right, on="basket_id", how="inner")
-        .filter(F.col("a.item_id") != F.col("b.item_id"))
-        .groupBy(F.col("a.item_id").alias("item_id"), F.col("b.item_id").alias("neighbor_item_id"))
-        .agg(F.count(F.lit(1)).alias("support"))
-        .filter(F.col("support") >= min_support)
+    ranking = NeighbourRanking.of(holding.toArrow(), top_k=top_k, damping=damping, min_support=min_support)
+    top = (
+        baskets.select("basket_id", "item_id")
+        .filter(F.col("basket_id").isNotNull())  # an owner-less row is in no basket (a join would not match it)
+        .repartition("basket_id")
+        .mapInArrow(count_pairs, PAIRS_SCHEMA)
+        .repartition("item_id")
+        .sortWithinPartitions("item_id")
+        .mapInArrow(ranking.top_neighbours, SIMILARITY_SCHEMA)
     )
-    n_i = holding.select(F.col("item_id"), F.col("baskets").alias("n_i"))
-    n_j = holding.select(F.col("item_id").alias("neighbor_item_id"), F.col("baskets").alias("n_j"))
-    weighted = (  # one count per item, so broadcast: a shuffled join would move every pair twice more
-        pairs.join(F.broadcast(n_i), on="item_id", how="inner")
-        .join(F.broadcast(n_j), on="neighbor_item_id", how="inner")
-        .withColumn("weight", F.col("support") / (F.pow("n_i", 1 - damping) * F.pow("n_j", damping)))
+    return as_of.stamp(top).select(*ITEM_SIMILARITY.columns)
+
+
+PAIRS_SCHEMA = "item_id long, neighbor_item_id long, support long"
+PAIR_COLUMNS = ("item_id", "neighbor_item_id", "support")
+
+
+def count_pairs(batches: Iterable[pa.RecordBatch], block_terms: int = 4_000_000) -> Iterator[pa.RecordBatch]:
+    """(item, neighbour, baskets holding both) of one task's baskets, each basket whole in the task: C = BᵀB off
+    its diagonal, B the task's baskets × items 0/1 matrix. Computed for blocks of items whose rows of C have at
+    most ``block_terms`` products, so a task's memory is bounded whatever its size (a heavier item is a block
+    alone). Both (i, j) and (j, i) are emitted, as a self-join would."""
+    from scipy import sparse
+
+    batches = list(batches)
+    if not batches or not sum(b.num_rows for b in batches):
+        return
+    table = pa.Table.from_batches(batches)
+    baskets = pc.dictionary_encode(table.column("basket_id").combine_chunks())
+    item_ids, items = np.unique(table.column("item_id").to_numpy(), return_inverse=True)
+    b = sparse.csr_matrix(
+        (np.ones(len(items), np.int64), (baskets.indices.to_numpy(), items)),
+        shape=(len(baskets.dictionary), len(item_ids)),
     )
-    best = Window.partitionBy("item_id").orderBy(F.desc("weight"), F.desc("support"), "neighbor_item_id")
-    top = weighted.withColumn("rank", F.row_number().over(best)).filter(F.col("rank") <= top_k)
-    return as_of.stamp(top.select("item_id", "neighbor_item_id", "weight", "support", "rank")).select(
-        *ITEM_SIMILARITY.columns
-    )
+    bt = b.T.tocsr()
+    ends = np.cumsum(bt @ np.diff(b.indptr))  # per item: Σ sizes of its baskets, its products in C
+    first = 0
+    while first < len(item_ids):
+        base = ends[first - 1] if first else 0
+        last = min(max(first + 1, int(np.searchsorted(ends, base + block_terms, side="right"))), len(item_ids))
+        counts = (bt[first:last] @ b).tocoo()
+        rows, cols = counts.row.astype(np.int64) + first, counts.col.astype(np.int64)
+        off = rows != cols
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(item_ids[rows[off]]), pa.array(item_ids[cols[off]]), pa.array(counts.data[off].astype(np.int64))],
+            names=["item_id", "neighbor_item_id", "support"],
+        )
+        first = last
+
+
+SIMILARITY_SCHEMA = "item_id long, neighbor_item_id long, weight double, support long, rank int"
+
+
+class NeighbourRanking:
+    """Each item's top-K neighbours from the tasks' partial pair counts: counts summed per pair, pairs under the
+    minimum support dropped, w_ij = c_ij / (n_i^(1−α) · n_j^α), ranked by weight, then support, then neighbour id.
+    Holds n_i of every item (one entry per item), so it is shipped to each task; runs on the executors."""
+
+    def __init__(self, item_ids: np.ndarray, baskets: np.ndarray, *, top_k: int, damping: float, min_support: int):
+        order = np.argsort(item_ids)
+        self.item_ids, self.baskets = item_ids[order], baskets[order].astype(np.float64)
+        self.top_k, self.damping, self.min_support = top_k, damping, min_support
+
+    @classmethod
+    def of(cls, holding: pa.Table, **rules: Any) -> NeighbourRanking:
+        return cls(holding.column("item_id").to_numpy(), holding.column("baskets").to_numpy(), **rules)
+
+    def top_neighbours(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Rows arrive sorted by item within the task, so every item before the last one of a batch is complete:
+        it is ranked then, and only the last item's rows are carried into the next batch."""
+        carried = [np.empty(0, np.int64)] * 3
+        for batch in batches:
+            i, j, c = (np.concatenate([carried[n], batch.column(name).to_numpy()]) for n, name in enumerate(PAIR_COLUMNS))
+            if not len(i):
+                continue
+            complete = i != i[-1]
+            if complete.any():
+                yield self._rank(i[complete], j[complete], c[complete])
+            carried = [i[~complete], j[~complete], c[~complete]]
+        if len(carried[0]):
+            yield self._rank(*carried)
+
+    def _rank(self, i: np.ndarray, j: np.ndarray, c: np.ndarray) -> pa.RecordBatch:
+        order = np.lexsort((j, i))
+        i, j, c = i[order], j[order], c[order]
+        first = np.concatenate([[True], (i[1:] != i[:-1]) | (j[1:] != j[:-1])])
+        starts = np.flatnonzero(first)
+        i, j, support = i[starts], j[starts], np.add.reduceat(c, starts)
+        kept = support >= self.min_support
+        i, j, support = i[kept], j[kept], support[kept]
+        n_i = self.baskets[np.searchsorted(self.item_ids, i)]
+        n_j = self.baskets[np.searchsorted(self.item_ids, j)]
+        weight = support / (np.power(n_i, 1 - self.damping) * np.power(n_j, self.damping))
+        order = np.lexsort((j, -support, -weight, i))
+        i, j, support, weight = i[order], j[order], support[order], weight[order]
+        rank = np.arange(len(i)) - np.searchsorted(i, i, side="left") + 1
+        best = rank <= self.top_k
+        return pa.RecordBatch.from_arrays(
+            [pa.array(i[best], pa.int64()), pa.array(j[best], pa.int64()), pa.array(weight[best], pa.float64()),
+             pa.array(support[best], pa.int64()), pa.array(rank[best], pa.int32())],
+            names=["item_id", "neighbor_item_id", "weight", "support", "rank"],
+        )  # fmt: skip
 
 
 def strongest_items(interactions: DataFrame, user_items: int) -> DataFrame:

@@ -18,6 +18,8 @@ from spark_jobs.interactions import AsOf, transform_interactions
 from spark_jobs.item_features import transform_item_features
 from spark_jobs.similarity import (
     ContributionMatrix,
+    NeighbourRanking,
+    count_pairs,
     transform_baskets,
     transform_cf_recommendations,
     transform_item_neighbors,
@@ -90,6 +92,58 @@ def test_item_similarity_on_a_hand_built_co_occurrence(spark):
     }
     damped = transform_item_similarity(baskets, AS_OF, top_k=1, damping=1.0, min_support=3)
     assert [(r.item_id, r.neighbor_item_id, r.weight) for r in damped.collect()] == [(1, 2, 4 / 6), (2, 1, 4 / 6)]
+
+
+@pytest.mark.parametrize("block_terms", [1, 7, 4_000_000])
+def test_pair_counts_of_a_task_equal_a_count_of_every_pair_in_every_basket(block_terms):
+    """Random baskets in two batches (a basket may span both); small blocks split the items in many ways."""
+    from collections import Counter
+
+    rng = np.random.default_rng(3)
+    baskets = {f"s:{b}": rng.choice(30, size=rng.integers(1, 8), replace=False) * 1_000_003 for b in range(60)}
+    rows = [(basket, int(item)) for basket, items in baskets.items() for item in items]
+    rng.shuffle(rows)
+    half = len(rows) // 2
+    batches = [pa.RecordBatch.from_pylist([{"basket_id": b, "item_id": i} for b, i in part]) for part in
+               (rows[:half], rows[half:])]  # fmt: skip
+    expected = Counter((int(i), int(j)) for items in baskets.values() for i in items for j in items if i != j)
+    got: Counter = Counter()
+    for batch in count_pairs(iter(batches), block_terms=block_terms):
+        columns = (batch.column(n).to_pylist() for n in ("item_id", "neighbor_item_id", "support"))
+        for i, j, c in zip(*columns, strict=True):
+            assert (i, j) not in got  # one row per pair within a task
+            got[(i, j)] = c
+    assert got == expected
+    assert list(count_pairs(iter([]))) == []
+
+
+def test_neighbour_ranking_sums_partial_counts_and_ranks_across_batch_boundaries():
+    """Partial counts of one pair from several tasks, rows split into batches mid-item: the same top-K as summing,
+    weighting and sorting every pair by the rule (weight, then support descending, then neighbour id)."""
+    from collections import Counter
+
+    rng = np.random.default_rng(5)
+    n = {item: int(rng.integers(3, 40)) for item in range(25)}
+    partial = [(int(i), int(j), int(rng.integers(1, 4))) for i, j in rng.integers(25, size=(600, 2)) if i != j]
+    partial += [(30, 4, 1), (30, 3, 2), (30, 2, 2), (30, 4, 1)]  # item 30: three neighbours tied on weight
+    n[2] = n[3] = n[4] = n[30] = 10
+    partial.sort(key=lambda row: row[0])
+    ranking = NeighbourRanking(np.array(list(n)), np.array(list(n.values())), top_k=4, damping=0.7, min_support=2)
+    cuts = [0, 1, 57, 58, 300, len(partial)]
+    batches = [pa.RecordBatch.from_pylist([dict(zip(("item_id", "neighbor_item_id", "support"), row, strict=True))
+                                           for row in partial[a:b]]) for a, b in zip(cuts, cuts[1:], strict=False)]
+    got = [row for batch in ranking.top_neighbours(iter(batches)) for row in zip(*batch.to_pydict().values(), strict=True)]
+
+    support = Counter()
+    for i, j, c in partial:
+        support[(i, j)] += c
+    expected = []
+    for item in sorted({i for i, _ in support}):
+        scored = [(j, c / (n[item] ** 0.3 * n[j] ** 0.7), c) for (i, j), c in support.items() if i == item and c >= 2]
+        scored.sort(key=lambda s: (-s[1], -s[2], s[0]))
+        expected += [(item, j, pytest.approx(w), c, rank) for rank, (j, w, c) in enumerate(scored[:4], start=1)]
+    assert got == expected
+    assert [(r[1], r[4]) for r in got if r[0] == 30] == [(2, 1), (3, 2), (4, 3)]  # tied weights: by neighbour id
 
 
 def test_baskets_keep_only_the_most_recent_items(spark):
