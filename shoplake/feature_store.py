@@ -5,8 +5,8 @@ Environments (``SHOPLAKE_FEAST_ENV``), each also written as a ``feature_store.ya
   reading the gold Delta tables through ``deltalake``.
 - ``production``: SQL registry on PostgreSQL (``SHOPLAKE_FEAST_REGISTRY_URL``), Redis online store
   (``SHOPLAKE_FEAST_REDIS``; Feast's Redis store with a leaner read, ``redis_online_store``), Feast's Spark offline
-  store. Delta's Spark connector is absent here, so the gold
-  tables are registered as Spark temporary views over their Delta snapshots (``register_spark_tables``).
+  store. Delta's Spark connector is absent here, so the gold tables are registered as Spark temporary views over
+  their Delta snapshots (``register_spark_tables``).
 
 Publishing applies the definitions (re-applying keeps each view's materialization watermark) and materializes each
 feature view from its watermark — on the first run from its table's earliest feature time — up to the run's

@@ -74,7 +74,8 @@ def evaluate(
         test = events.filter(F.col("event_time") >= F.lit(split))
         as_of = AsOf(split.date(), computed_at)
         interactions = transform_interactions(train, as_of, settings.event_weights, settings.half_life_days).cache()
-        similarity = item_similarity_of(baskets_of(train, settings), as_of, settings)
+        baskets = baskets_of(train, settings).cache()  # read by the per-item counts and by the pair counting
+        similarity = item_similarity_of(baskets, as_of, settings)
         cf = cf_recommendations_of(interactions, similarity, as_of, settings).select("user_id", "item_id", "rank")
         seen = interactions.select("user_id", "item_id")
         relevant = (
@@ -102,6 +103,7 @@ def evaluate(
         )
         columns = [c for c in per_user.columns if c != "user_id"]
         row = per_user.agg(F.count(F.lit(1)).alias("users"), *(F.avg(c).alias(c) for c in columns)).collect()[0]
+        baskets.unpersist()
         interactions.unpersist()
     finally:
         events.unpersist()

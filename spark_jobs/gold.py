@@ -108,8 +108,8 @@ def run_gold(
     interactions = write(
         transform_interactions(events, as_of, settings.event_weights, settings.half_life_days), INTERACTIONS
     )
-    # Cached: the pair self-join and the per-item basket counts read baskets three times, and Spark does not share
-    # the scans between them (at 3M events the two join sides were computed separately: ~10 % of the similarity).
+    # Cached: the per-item basket counts and the pair counting both read baskets (a window over every event), and
+    # Spark does not share the scans between two jobs.
     baskets = baskets_of(events, settings).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         similarity = write(item_similarity_of(baskets, as_of, settings), ITEM_SIMILARITY)

@@ -234,7 +234,7 @@ def run_silver(
     # typed is not cached (caching every raw string column cost more than reading bronze again); its totals are
     # observed while the classification below reads it, and only quarantine reads bronze a second time.
     seen = Observation("silver_typed_rows")
-    observed = typed.observe(seen, F.count(F.lit(1)).alias("rows"), F.count("reason").alias("quarantined"))
+    observed = typed.observe(seen, *_typed_totals())
     classified = transform_classify_repeats(transform_valid(observed), rules.repeat_window_seconds)
     classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
     try:
@@ -243,7 +243,7 @@ def run_silver(
         if any(counts.values()):
             totals = seen.get
         else:  # no valid row: Spark may have pruned an empty scope's plan, observation and all
-            row = typed.agg(F.count(F.lit(1)).alias("rows"), F.count("reason").alias("quarantined")).first()
+            row = typed.agg(*_typed_totals()).first()
             assert row is not None  # a global aggregate always has one row
             totals = row.asDict()
         bronze_rows, counts["quarantined"] = totals["rows"], totals["quarantined"]
@@ -265,6 +265,11 @@ def run_silver(
     check_reconciliation(bronze_rows, counts, written.rows, quarantined.rows if quarantined else 0)
     log.info("silver %s..%s: %s", dates[0], dates[-1], metrics)
     return SilverResult(dates, bronze_rows, counts, written.version, quarantined.version if quarantined else None)
+
+
+def _typed_totals() -> tuple[Column, Column]:
+    """Rows classified and rows quarantined (those with a reason), as one pass over the typed rows counts them."""
+    return F.count(F.lit(1)).alias("rows"), F.count("reason").alias("quarantined")
 
 
 def check_reconciliation(bronze_rows: int, counts: dict[str, int], silver_rows: int, quarantine_rows: int) -> None:
