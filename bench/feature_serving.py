@@ -113,23 +113,21 @@ def run_environment(env: str, users: int, items: int, calls: int, rng: np.random
     rows = 4 * users + 3 * items  # entity rows written: 4 user views, 3 item views
     store = feature_store.get_store()
 
-    def request_on(on):
+    def request_on(on, item_features=ITEM_FEATURES_REFS):
         """Two calls: the user's features once, the candidates' features for 100 items."""
         user = int(rng.integers(users))
         candidates = rng.integers(items, size=100).tolist()
         feature_store.online_features(on, USER_FEATURES_REFS, [{"user_id": user}])
-        feature_store.online_features(on, ITEM_FEATURES_REFS, [{"item_id": i} for i in candidates])
+        feature_store.online_features(on, item_features, [{"item_id": i} for i in candidates])
 
     def request():
         request_on(store)
 
+    without_embeddings = [r for r in ITEM_FEATURES_REFS if "embedding" not in r]
+
     def request_without_embeddings():
         """The same without the 384-float embeddings (what a ranking model that does not read vectors asks)."""
-        user = int(rng.integers(users))
-        candidates = rng.integers(items, size=100).tolist()
-        feature_store.online_features(store, USER_FEATURES_REFS, [{"user_id": user}])
-        feature_store.online_features(store, [r for r in ITEM_FEATURES_REFS if "embedding" not in r],
-                                      [{"item_id": i} for i in candidates])  # fmt: skip
+        request_on(store, without_embeddings)
 
     result = {"env": env, "views": [m.view for m in done], "materialize_seconds": round(materialize_seconds, 2),
               "entity_rows": rows, "entity_rows_per_s": round(rows / materialize_seconds),

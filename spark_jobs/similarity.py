@@ -94,19 +94,32 @@ def count_pairs(batches: Iterable[pa.RecordBatch], block_terms: int = 4_000_000)
         shape=(len(baskets.dictionary), len(item_ids)),
     )
     bt = b.T.tocsr()
-    ends = np.cumsum(bt @ np.diff(b.indptr))  # per item: Σ sizes of its baskets, its products in C
-    first = 0
-    while first < len(item_ids):
-        base = ends[first - 1] if first else 0
-        last = min(max(first + 1, int(np.searchsorted(ends, base + block_terms, side="right"))), len(item_ids))
+    products = bt @ np.diff(b.indptr)  # per item: Σ sizes of its baskets, its products in C
+    for first, last in _bounded_blocks(products, block_terms):
         counts = (bt[first:last] @ b).tocoo()
         rows, cols = counts.row.astype(np.int64) + first, counts.col.astype(np.int64)
         off = rows != cols
         yield pa.RecordBatch.from_arrays(
             [pa.array(item_ids[rows[off]]), pa.array(item_ids[cols[off]]), pa.array(counts.data[off].astype(np.int64))],
-            names=["item_id", "neighbor_item_id", "support"],
+            names=list(PAIR_COLUMNS),
         )
+
+
+def _bounded_blocks(costs: np.ndarray, budget: float) -> Iterator[tuple[int, int]]:
+    """Consecutive ranges [first, last) of ``costs`` whose sum is at most ``budget`` (a costlier entry is a range
+    alone): what bounds a block's memory in the pair counting and in CF's scoring."""
+    ends = np.cumsum(costs)
+    first = 0
+    while first < len(costs):
+        base = ends[first - 1] if first else 0
+        last = max(first + 1, int(np.searchsorted(ends, base + budget, side="right")))
+        yield first, min(last, len(costs))
         first = last
+
+
+def _rank_within(groups: np.ndarray) -> np.ndarray:
+    """1-based position of each entry within its run of equal values in the sorted ``groups``."""
+    return np.arange(len(groups)) - np.searchsorted(groups, groups, side="left") + 1
 
 
 SIMILARITY_SCHEMA = "item_id long, neighbor_item_id long, weight double, support long, rank int"
@@ -154,7 +167,7 @@ class NeighbourRanking:
         weight = support / (np.power(n_i, 1 - self.damping) * np.power(n_j, self.damping))
         order = np.lexsort((j, -support, -weight, i))
         i, j, support, weight = i[order], j[order], support[order], weight[order]
-        rank = np.arange(len(i)) - np.searchsorted(i, i, side="left") + 1
+        rank = _rank_within(i)
         best = rank <= self.top_k
         return pa.RecordBatch.from_arrays(
             [pa.array(i[best], pa.int64()), pa.array(j[best], pa.int64()), pa.array(weight[best], pa.float64()),
@@ -247,13 +260,7 @@ class ContributionMatrix:
         """User ranges whose rated items add at most ``block_terms`` terms (a heavier user is a block alone)."""
         known, index = _lookup(self.source_ids, rated.values[0])
         terms = np.bincount(rated.rows[known], weights=self.reach[index[known]], minlength=len(users))
-        ends = np.cumsum(terms)
-        first = 0
-        while first < len(users):
-            base = ends[first - 1] if first else 0.0
-            last = max(first + 1, int(np.searchsorted(ends, base + self.block_terms, side="right")))
-            yield first, min(last, len(users))
-            first = last
+        return _bounded_blocks(terms, self.block_terms)
 
     def _top(self, users: np.ndarray, rated: _Flat, bought: _Flat, first: int, last: int, top_n: int) -> pa.RecordBatch:
         from scipy import sparse
@@ -276,8 +283,7 @@ class ContributionMatrix:
         rows, item_ids, values = rows[contenders], item_ids[contenders], values[contenders]
         order = np.lexsort((item_ids, -values, rows))  # per user: score descending, then item id
         rows, item_ids, values = rows[order], item_ids[order], values[order]
-        starts = np.searchsorted(rows, rows, side="left")
-        rank = np.arange(len(rows)) - starts + 1
+        rank = _rank_within(rows)
         best = rank <= top_n
         return pa.RecordBatch.from_arrays(
             [pa.array(users[first:last][rows[best]], pa.int64()), pa.array(item_ids[best], pa.int64()),
