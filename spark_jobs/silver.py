@@ -206,8 +206,9 @@ def transform_sessionize(events: DataFrame, gap_minutes: float) -> DataFrame:
 
 def transform_silver(kept: DataFrame, rules: SilverRules, processed_at: dt.datetime) -> DataFrame:
     events = kept.withColumn("event_id", event_id())
-    events = transform_flag_bots(events, rules.bot_window_seconds, rules.bot_max_events_per_window)
+    # Sessions first: sessionizing splits the rows into two branches, and each branch would compute the bots anew.
     events = transform_sessionize(events, rules.session_gap_minutes)
+    events = transform_flag_bots(events, rules.bot_window_seconds, rules.bot_max_events_per_window)
     return events.withColumn("processed_at", F.lit(processed_at).cast("timestamp")).select(*SILVER_EVENTS.columns)
 
 

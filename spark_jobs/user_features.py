@@ -144,34 +144,49 @@ def transform_preferred_brand(recent: DataFrame) -> DataFrame:
     )
 
 
-def price_band(events: DataFrame, median_price: Column) -> Column:
-    """The band of a user's median price among the shop's price quartiles; null for a user without prices."""
+def shop_price_quartiles(events: DataFrame) -> list[float] | None:
+    """The shop's price quartiles over priced events; None when no event has a price."""
     quartiles = (
         events.filter(F.col("price").isNotNull())
         .agg(F.percentile_approx("price", [0.25, 0.5, 0.75]).alias("q"))
         .first()
     )
     if quartiles is None or quartiles["q"] is None:
+        return None
+    return [float(v) for v in quartiles["q"]]
+
+
+def median_price_below(quartiles: list[float] | None) -> list[Column]:
+    """Per user: priced events, and how many are priced below each shop quartile; what ``price_band`` needs.
+
+    The median (the ⌈n/2⌉-th smallest of n prices, as ``percentile_approx`` picks it) lies below q exactly when at
+    least ⌈n/2⌉ prices do, so the band comes from plain counts."""
+    price = F.col("price")
+    return [F.count(price).alias("priced_events")] + [
+        F.count(F.when(price < F.lit(q), 1)).alias(f"priced_below_q{n}") for n, q in enumerate(quartiles or (), 1)
+    ]
+
+
+def price_band(quartiles: list[float] | None) -> Column:
+    """The band of a user's median price among the shop's price quartiles; null for a user without prices."""
+    if quartiles is None:
         return F.lit(None).cast("string")
-    q1, q2, q3 = (float(v) for v in quartiles["q"])
-    return (
-        F.when(median_price.isNull(), F.lit(None).cast("string"))
-        .when(median_price < q1, PRICE_BANDS[0])
-        .when(median_price < q2, PRICE_BANDS[1])
-        .when(median_price < q3, PRICE_BANDS[2])
-        .otherwise(PRICE_BANDS[3])
-    )
+    half = F.ceil(F.col("priced_events") / 2)
+    band = F.lit(PRICE_BANDS[-1])
+    for n in reversed(range(1, len(quartiles) + 1)):
+        band = F.when(F.col(f"priced_below_q{n}") >= half, F.lit(PRICE_BANDS[n - 1])).otherwise(band)
+    return F.when(F.col("priced_events") == 0, F.lit(None).cast("string")).otherwise(band)
 
 
 def transform_user_features(events: DataFrame, as_of: AsOf) -> DataFrame:
     """One row per user with any event in ``events`` (the history window of non-bot silver events).
 
-    What is grouped by user alone — RFM, activity, the median price — is one aggregation, not three joined."""
+    What is grouped by user alone — RFM, activity, the counts behind the price band — is one hash aggregation:
+    a per-user quantile sketch there made Spark sort every event instead."""
     recent = events.filter(F.col("event_time") >= F.lit(as_of.start(30)).cast("timestamp"))
-    per_user = events.groupBy("user_id").agg(
-        *rfm_measures(), *activity_counts(as_of), F.percentile_approx("price", 0.5).alias("median_price")
-    )
-    features = with_rfm_scores(per_user, as_of).withColumn("price_band", price_band(events, F.col("median_price")))
+    quartiles = shop_price_quartiles(events)
+    per_user = events.groupBy("user_id").agg(*rfm_measures(), *activity_counts(as_of), *median_price_below(quartiles))
+    features = with_rfm_scores(per_user, as_of).withColumn("price_band", price_band(quartiles))
     for part in (
         transform_sessions(recent),
         transform_conversion(recent),

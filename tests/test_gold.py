@@ -26,7 +26,13 @@ from spark_jobs.similarity import (
     transform_item_similarity,
     transform_user_items,
 )
-from spark_jobs.user_features import quintile_score, segment, transform_user_features
+from spark_jobs.user_features import (
+    median_price_below,
+    price_band,
+    quintile_score,
+    segment,
+    transform_user_features,
+)
 from tests.conftest import SAMPLE_EVENTS
 
 AS_OF = AsOf(dt.date(2019, 10, 31), computed_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
@@ -130,9 +136,15 @@ def test_neighbour_ranking_sums_partial_counts_and_ranks_across_batch_boundaries
     partial.sort(key=lambda row: row[0])
     ranking = NeighbourRanking(np.array(list(n)), np.array(list(n.values())), top_k=4, damping=0.7, min_support=2)
     cuts = [0, 1, 57, 58, 300, len(partial)]
-    batches = [pa.RecordBatch.from_pylist([dict(zip(("item_id", "neighbor_item_id", "support"), row, strict=True))
-                                           for row in partial[a:b]]) for a, b in zip(cuts, cuts[1:], strict=False)]
-    got = [row for batch in ranking.top_neighbours(iter(batches)) for row in zip(*batch.to_pydict().values(), strict=True)]
+    batches = [
+        pa.RecordBatch.from_pylist(
+            [dict(zip(("item_id", "neighbor_item_id", "support"), row, strict=True)) for row in partial[a:b]]
+        )
+        for a, b in zip(cuts, cuts[1:], strict=False)
+    ]
+    got = [
+        row for batch in ranking.top_neighbours(iter(batches)) for row in zip(*batch.to_pydict().values(), strict=True)
+    ]
 
     support = Counter()
     for i, j, c in partial:
@@ -277,6 +289,24 @@ def test_quintile_scores_at_the_thresholds(spark):
     lower = [r[0] for r in frame.select(quintile_score(F.col("v"), [1.0, 2.0, 3.0, 4.0], False)).collect()]
     assert higher == [1, 1, 2, 4, 5, None]
     assert lower == [5, 5, 4, 2, 1, None]
+
+
+def test_price_band_is_the_band_of_the_median_price(spark):
+    quartiles = [10.0, 20.0, 30.0]
+    prices = {1: [5.0, 25.0], 2: [10.0, 10.0, 40.0], 3: [30.0], 4: [19.99, 35.0, 36.0, 1.0], 5: [None],
+              6: [29.0, 31.0, 9.0, None]}  # fmt: skip
+    frame = spark.createDataFrame([(u, p) for u, ps in prices.items() for p in ps], "user_id long, price double")
+    bands = frame.groupBy("user_id").agg(
+        *median_price_below(quartiles), F.percentile_approx("price", 0.5).alias("median")
+    )
+    got = {
+        r.user_id: (r.band, r.median)
+        for r in bands.select("user_id", "median", price_band(quartiles).alias("band")).collect()
+    }
+    # the median is the ⌈n/2⌉-th smallest price: 5, 10, 30, 19.99, none, 29
+    assert got == {1: ("budget", 5.0), 2: ("mid", 10.0), 3: ("premium", 30.0), 4: ("mid", 19.99), 5: (None, None),
+                   6: ("upper", 29.0)}  # fmt: skip
+    assert frame.select(price_band(None)).distinct().collect() == [(None,)]  # no priced event in the shop
 
 
 def test_user_features_windows_affinity_brand_and_conversion(spark):
