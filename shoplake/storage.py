@@ -245,6 +245,7 @@ def write_table(
     partitions: Sequence[Mapping[str, Any]] | None = None,
     keys: Sequence[str] | None = None,
     run_id: str | None = None,
+    clustered: bool = False,
 ) -> WriteResult:
     """Write ``df`` to a table as one atomic Delta commit and say what was committed.
 
@@ -252,6 +253,9 @@ def write_table(
     - ``overwrite_partitions`` replaces the given ``partitions`` (default: those present in ``df``), so rerunning a
       date replaces exactly that date, even when it now has no rows;
     - ``merge`` upserts on ``keys`` (default: the table's keys); merging the same rows twice changes nothing.
+
+    ``clustered``: each of ``df``'s partitions already holds few values of the table's partition columns (one date
+    per task, say), so Spark writes them as they are, without the shuffle that otherwise rebalances them.
     """
     if mode not in WRITE_MODES:
         raise ValueError(f"unknown write mode {mode!r}; expected one of {', '.join(WRITE_MODES)}")
@@ -266,7 +270,7 @@ def write_table(
     if mode == "merge":
         return _merge(df, spec, uri, snapshot, keys or spec.keys, metadata, settings)
     staged_dir = _stage_name(settings, spec)
-    files = _stage(df, spec, staged_dir, partitioned=True)
+    files = _stage(df, spec, staged_dir, rebalance=not clustered)
     return _move_and_commit(staged_dir, files, spec, uri, snapshot, mode, partitions, metadata, settings)
 
 
@@ -289,10 +293,10 @@ def _by_partition(df: DataFrame, spec: TableSpec) -> DataFrame:
     return df.hint("rebalance", *spec.partition_by) if spec.partition_by else df
 
 
-def _stage(df: DataFrame, spec: TableSpec, staged_dir: str, *, partitioned: bool) -> list[_StagedFile]:
+def _stage(df: DataFrame, spec: TableSpec, staged_dir: str, *, rebalance: bool) -> list[_StagedFile]:
     """Let Spark's executors write the Parquet files; return what they wrote, with Delta statistics."""
-    if partitioned and spec.partition_by:
-        writer = _by_partition(df, spec).write.mode("error").partitionBy(*spec.partition_by)
+    if spec.partition_by:
+        writer = (_by_partition(df, spec) if rebalance else df).write.mode("error").partitionBy(*spec.partition_by)
     else:
         writer = df.write.mode("error")
     try:
@@ -521,7 +525,7 @@ def _merge(
     if missing:
         raise SchemaMismatchError(f"table {spec.name}: merge key {missing[0]!r} is not a column")
     staged_dir = _stage_name(settings, spec)
-    files = _stage(df, spec, staged_dir, partitioned=True)
+    files = _stage(df, spec, staged_dir, rebalance=True)
     if snapshot is None:  # nothing to merge into yet: the upsert is a plain create
         return _move_and_commit(staged_dir, files, spec, uri, None, "overwrite", None, metadata, settings)
     try:

@@ -2,12 +2,13 @@
 
 For each date it processes, silver reads *all* bronze rows of that date — files that arrived late included — and
 replaces the date's partition, so a rerun or a late file gives the table one complete run would have given.
-Rows whose time does not parse have no date; every run re-examines them and upserts them into quarantine.
+Repeats and inactivity sessions are judged within a day, so a date's rows depend on that date's bronze rows alone:
+a date run by itself gives what a run over a range gave it. Rows whose time does not parse have no date; every run re-examines them and upserts them into quarantine.
 
 Each bronze row goes exactly one way:
 - ``quarantined``: it broke a rule (the first rule broken is its reason code, see ``REASONS``);
 - ``exact_duplicate``: the same event again (same time, user, item, type, session, price, category, brand);
-- ``collapsed``: the same user, item and type again within ``repeat_window_seconds`` of the previous one;
+- ``collapsed``: the same user, item and type again that day, within ``repeat_window_seconds`` of the previous;
 - ``kept``: a silver row. Bot-like users are flagged (``is_bot``), kept here, and left out of gold.
 
 ``run_metrics`` records the four counts; if they do not add up to the bronze rows read, or the rows committed to
@@ -43,6 +44,8 @@ REASONS = (
 OUTCOMES = ("kept", "exact_duplicate", "collapsed", "quarantined")
 PRICED_TYPES = ("cart", "purchase")  # a cart or purchase without a positive price is quarantined
 CONTENT_COLUMNS = ("user_session", "price", "category_id", "category_code", "brand")  # beyond time, user, item, type
+SOURCE_FIELDS = ("source_file", "line_number", "file_checksum", "ingest_run_id")
+REJECTED_FIELDS = (*RAW_EVENT_COLUMNS, "field_count", "raw_line", "detail", "event_date")  # what quarantine keeps
 
 
 class ReconciliationError(ShoplakeError):
@@ -118,17 +121,11 @@ def transform_type(bronze: DataFrame, rules: SilverRules) -> DataFrame:
     )
 
 
-def transform_quarantine(typed: DataFrame, run_id: str, quarantined_at: dt.datetime) -> DataFrame:
-    return typed.filter(F.col("reason").isNotNull()).select(
-        *RAW_EVENT_COLUMNS, "field_count", "raw_line", "source_file", "line_number", "file_checksum",
-        "ingest_run_id", "reason", "detail", F.lit(run_id).alias("run_id"),
-        F.lit(quarantined_at).cast("timestamp").alias("quarantined_at"), "event_date",
-    )  # fmt: skip
-
-
-def transform_valid(typed: DataFrame) -> DataFrame:
-    """The valid rows with silver's typed, normalised columns (no outcome yet)."""
-    return typed.filter(F.col("reason").isNull()).select(
+def transform_classifiable(typed: DataFrame) -> DataFrame:
+    """Every typed row with silver's typed, normalised columns (no outcome yet). A row that broke a rule keeps its
+    ``reason`` and, in ``rejected``, the raw fields quarantine stores, so one pass over bronze fills both tables."""
+    rejected = F.when(F.col("reason").isNotNull(), F.struct(*REJECTED_FIELDS))
+    return typed.select(
         F.col("t_event_time").alias("event_time"),
         F.col("t_event_type").alias("event_type"),
         F.col("t_product_id").alias("product_id"),
@@ -138,15 +135,35 @@ def transform_valid(typed: DataFrame) -> DataFrame:
         F.col("t_price").alias("price"),
         F.col("t_user_id").alias("user_id"),
         blank_to_null(F.col("user_session")).alias("user_session"),
-        "source_file", "line_number", "file_checksum", "ingest_run_id",
+        *SOURCE_FIELDS,
         F.to_date("t_event_time").alias("event_date"),
+        "reason",
+        rejected.alias("rejected"),
     )  # fmt: skip
 
 
-def transform_classify_repeats(valid: DataFrame, repeat_window_seconds: float) -> DataFrame:
-    """``outcome``: exact_duplicate or collapsed when the previous row of the same user, item and type is the
-    same event, or came at most ``repeat_window_seconds`` earlier; otherwise kept. One window does both."""
-    ordered = Window.partitionBy("user_id", "product_id", "event_type").orderBy(
+def transform_quarantine(classified: DataFrame, run_id: str, quarantined_at: dt.datetime) -> DataFrame:
+    """The quarantined rows as bronze had them (its ``event_date`` too: null when the time did not parse)."""
+    return classified.filter(F.col("outcome") == "quarantined").select(
+        *(F.col("rejected")[c].alias(c) for c in REJECTED_FIELDS), *SOURCE_FIELDS, "reason",
+        F.lit(run_id).alias("run_id"), F.lit(quarantined_at).cast("timestamp").alias("quarantined_at"),
+    )  # fmt: skip
+
+
+def transform_by_day(valid: DataFrame, dates: int, parallelism: int) -> DataFrame:
+    """``valid`` in one shuffle, by date, and by ``day_shard`` (a user hash) when there are fewer dates than
+    ``parallelism``. Every later step groups rows within a user's day, so none shuffles again, and each task writes
+    one file per date it holds."""
+    shards = -(-parallelism // max(dates, 1))
+    day_shard = F.pmod(F.xxhash64("user_id"), F.lit(shards))
+    return valid.withColumn("day_shard", day_shard).repartition(max(dates, 1) * shards, "event_date", "day_shard")
+
+
+def transform_classify_repeats(by_day: DataFrame, repeat_window_seconds: float) -> DataFrame:
+    """``outcome``: quarantined for a row with a ``reason``; exact_duplicate or collapsed when the previous valid row
+    of the same user, item and type that day is the same event, or came at most ``repeat_window_seconds`` earlier;
+    otherwise kept. One window does it all (rows with a reason are never another row's previous)."""
+    ordered = Window.partitionBy("event_date", "day_shard", "reason", "user_id", "product_id", "event_type").orderBy(
         "event_time", *CONTENT_COLUMNS, "source_file", "line_number"
     )
     previous = F.lag(F.struct("event_time", *CONTENT_COLUMNS)).over(ordered)
@@ -155,12 +172,13 @@ def transform_classify_repeats(valid: DataFrame, repeat_window_seconds: float) -
         same_content = same_content & previous[column].eqNullSafe(F.col(column))
     gap = _seconds(F.col("event_time")) - _seconds(previous["event_time"])
     outcome = (
-        F.when(previous.isNull(), "kept")
+        F.when(F.col("reason").isNotNull(), "quarantined")
+        .when(previous.isNull(), "kept")
         .when(same_content, "exact_duplicate")
         .when(gap <= repeat_window_seconds, "collapsed")
         .otherwise("kept")
     )
-    return valid.withColumn("outcome", outcome)
+    return by_day.withColumn("outcome", outcome)
 
 
 def event_id(
@@ -185,29 +203,27 @@ def transform_flag_bots(kept: DataFrame, window_seconds: int, max_events: int) -
     )
 
 
-def transform_sessionize(events: DataFrame, gap_minutes: float) -> DataFrame:
-    """``session_id``: the shop's ``user_session`` when present; otherwise a new session starts after
-    ``gap_minutes`` of inactivity, named by a hash of the user and the session's first event time (stable)."""
-    given = events.filter(F.col("user_session").isNotNull()).withColumn("session_id", F.col("user_session"))
-    missing = events.filter(F.col("user_session").isNull())
-    by_user = Window.partitionBy("user_id").orderBy("event_time", "event_id")
+def transform_sessionize(by_day: DataFrame, gap_minutes: float) -> DataFrame:
+    """``session_id``: the shop's ``user_session`` when present; otherwise a new session starts with the user's
+    first event of the day and after every ``gap_minutes`` of inactivity, named by a hash of the user and the
+    session's first event time (stable)."""
+    # the partition columns are real columns, so both windows share one sort (a computed key is sorted twice)
+    by_user = Window.partitionBy("event_date", "day_shard", "user_id", "_missing").orderBy("event_time", "event_id")
     gap = _seconds(F.col("event_time")) - _seconds(F.lag("event_time").over(by_user))
-    starts = F.when(gap.isNull() | (gap > gap_minutes * 60), 1).otherwise(0)
-    numbered = missing.withColumn(
-        "session_number", F.sum(starts).over(by_user.rowsBetween(Window.unboundedPreceding, 0))
+    flagged = by_day.withColumn("_missing", F.col("user_session").isNull()).withColumn(
+        "_starts", gap.isNull() | (gap > gap_minutes * 60)
     )
-    first_time = F.min("event_time").over(Window.partitionBy("user_id", "session_number"))
-    derived = numbered.withColumn(
-        "session_id",
-        F.concat(F.lit("gap-"), F.md5(F.concat_ws("|", F.col("user_id").cast("string"), first_time.cast("string")))),
-    ).drop("session_number")
-    return given.unionByName(derived)
+    so_far = by_user.rowsBetween(Window.unboundedPreceding, 0)
+    first_time = F.max(F.when(F.col("_starts"), F.col("event_time"))).over(so_far)  # times only grow: the latest start
+    derived = F.concat(
+        F.lit("gap-"), F.md5(F.concat_ws("|", F.col("user_id").cast("string"), first_time.cast("string")))
+    )
+    sessions = flagged.withColumn("session_id", F.when(F.col("_missing"), derived).otherwise(F.col("user_session")))
+    return sessions.drop("_missing", "_starts")
 
 
 def transform_silver(kept: DataFrame, rules: SilverRules, processed_at: dt.datetime) -> DataFrame:
-    events = kept.withColumn("event_id", event_id())
-    # Sessions first: sessionizing splits the rows into two branches, and each branch would compute the bots anew.
-    events = transform_sessionize(events, rules.session_gap_minutes)
+    events = transform_sessionize(kept.withColumn("event_id", event_id()), rules.session_gap_minutes)
     events = transform_flag_bots(events, rules.bot_window_seconds, rules.bot_max_events_per_window)
     return events.withColumn("processed_at", F.lit(processed_at).cast("timestamp")).select(*SILVER_EVENTS.columns)
 
@@ -232,28 +248,29 @@ def run_silver(
     rules = rules or SilverRules.from_settings(get_settings())
     dates = tuple(sorted(set(dates)))
     typed = transform_type(read_bronze_scope(spark, dates), rules)
-    # typed is not cached (caching every raw string column cost more than reading bronze again); its totals are
-    # observed while the classification below reads it, and only quarantine reads bronze a second time.
-    seen = Observation("silver_typed_rows")
-    observed = typed.observe(seen, *_typed_totals())
-    classified = transform_classify_repeats(transform_valid(observed), rules.repeat_window_seconds)
+    # Bronze is read once: the cached classification holds the quarantined rows' raw fields too. Its rows are
+    # counted on the way in by an observation, so the reconciliation checks the classification, not itself.
+    seen = Observation("silver_bronze_rows")
+    observed = typed.observe(seen, _bronze_rows())
+    by_day = transform_by_day(transform_classifiable(observed), len(dates), get_settings().spark_shuffle_partitions)
+    classified = transform_classify_repeats(by_day, rules.repeat_window_seconds)
     classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts = {outcome: 0 for outcome in OUTCOMES}
         counts.update({r.outcome: r["count"] for r in classified.groupBy("outcome").count().collect()})
         if any(counts.values()):
-            totals = seen.get
-        else:  # no valid row: Spark may have pruned an empty scope's plan, observation and all
-            row = typed.agg(*_typed_totals()).first()
+            bronze_rows = seen.get["rows"]
+        else:  # no row: Spark may have pruned an empty scope's plan, observation and all
+            row = typed.agg(_bronze_rows()).first()
             assert row is not None  # a global aggregate always has one row
-            totals = row.asDict()
-        bronze_rows, counts["quarantined"] = totals["rows"], totals["quarantined"]
+            bronze_rows = row["rows"]
 
         silver = transform_silver(classified.filter(F.col("outcome") == "kept"), rules, processed_at)
         written = storage.write_table(
-            silver, SILVER_EVENTS, "overwrite_partitions", partitions=[{"event_date": d} for d in dates], run_id=run_id
-        )
-        quarantine = transform_quarantine(typed, run_id, processed_at)
+            silver, SILVER_EVENTS, "overwrite_partitions", partitions=[{"event_date": d} for d in dates],
+            run_id=run_id, clustered=True,
+        )  # fmt: skip
+        quarantine = transform_quarantine(classified, run_id, processed_at)
         quarantined = (
             storage.merge_table(quarantine, QUARANTINE_EVENTS, run_id=run_id) if counts["quarantined"] else None
         )
@@ -268,9 +285,8 @@ def run_silver(
     return SilverResult(dates, bronze_rows, counts, written.version, quarantined.version if quarantined else None)
 
 
-def _typed_totals() -> tuple[Column, Column]:
-    """Rows classified and rows quarantined (those with a reason), as one pass over the typed rows counts them."""
-    return F.count(F.lit(1)).alias("rows"), F.count("reason").alias("quarantined")
+def _bronze_rows() -> Column:
+    return F.count(F.lit(1)).alias("rows")
 
 
 def check_reconciliation(bronze_rows: int, counts: dict[str, int], silver_rows: int, quarantine_rows: int) -> None:

@@ -72,6 +72,23 @@ def test_sessions_without_ids_split_after_thirty_minutes_and_are_stable(spark, l
     assert [r.session_id for r in silver_rows(spark)] == first
 
 
+def test_a_day_is_judged_alone_so_a_date_run_alone_matches_a_range_run(spark, lake, tmp_path):
+    land(spark, tmp_path, "days.csv", [
+        event("2019-10-01 23:59:59.500000"),
+        event("2019-10-02 00:00:00.500000"),  # 1 s later, but the first of its day: kept
+        event("2019-10-01 23:50:00", user="8", session=""),
+        event("2019-10-02 00:05:00", user="8", session="", product="101"),  # 15 min later: a new day, a new session
+    ])  # fmt: skip
+    ranged = run(spark, dates=(D1, D2))
+    assert ranged.counts == {"kept": 4, "exact_duplicate": 0, "collapsed": 0, "quarantined": 0}
+    sessions = {r.event_date: r.session_id for r in silver_rows(spark) if r.user_id == 8}
+    assert sessions[D1] != sessions[D2]
+    before = storage.read_table(spark, "silver_events").filter(F.col("event_date") == D2).collect()
+    alone = run(spark, dates=(D2,))
+    assert alone.counts == {"kept": 2, "exact_duplicate": 0, "collapsed": 0, "quarantined": 0}
+    assertDataFrameEqual(storage.read_table(spark, "silver_events").filter(F.col("event_date") == D2), before)
+
+
 def test_each_rule_quarantines_with_its_reason(spark, lake, tmp_path):
     land(spark, tmp_path, "day.csv", [
         "2019-10-01 10:00:00 UTC,view,1,2",
