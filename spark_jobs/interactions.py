@@ -65,16 +65,22 @@ def transform_interactions(
 def export_matrix(interactions: DataFrame, out_dir: Path) -> dict[str, int]:
     """COO triplets with contiguous 0-based user and item indices, plus the id maps, as Parquet under ``out_dir``.
 
-    The indices follow id order, so the same interactions always give the same matrix."""
+    The indices follow id order, so the same interactions always give the same matrix. The id maps are read back
+    once written, and every count comes from the Parquet footers, so the interactions are scanned three times, not
+    once per use."""
+    spark = interactions.sparkSession
     users = interactions.select("user_id").distinct()
     users = users.withColumn("user_index", F.row_number().over(Window.orderBy("user_id")) - 1)
     items = interactions.select("item_id").distinct()
     items = items.withColumn("item_index", F.row_number().over(Window.orderBy("item_id")) - 1)
+    for name, frame in (("users", users), ("items", items)):
+        frame.coalesce(1).write.mode("overwrite").parquet(str(out_dir / name))
+    users, items = (spark.read.parquet(str(out_dir / name)) for name in ("users", "items"))
     coo = (
         interactions.join(F.broadcast(users), on="user_id", how="inner")
         .join(F.broadcast(items), on="item_id", how="inner")
         .select("user_index", "item_index", "score")
     )
-    for name, frame in (("users", users), ("items", items), ("coo", coo)):
-        frame.coalesce(1).write.mode("overwrite").parquet(str(out_dir / name))
-    return {"users": users.count(), "items": items.count(), "nonzeros": coo.count()}
+    coo.repartition(1).write.mode("overwrite").parquet(str(out_dir / "coo"))  # one file; the joins stay parallel
+    written = {name: spark.read.parquet(str(out_dir / name)).count() for name in ("users", "items", "coo")}
+    return {"users": written["users"], "items": written["items"], "nonzeros": written["coo"]}
