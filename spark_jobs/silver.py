@@ -3,7 +3,8 @@
 For each date it processes, silver reads *all* bronze rows of that date — files that arrived late included — and
 replaces the date's partition, so a rerun or a late file gives the table one complete run would have given.
 Repeats and inactivity sessions are judged within a day, so a date's rows depend on that date's bronze rows alone:
-a date run by itself gives what a run over a range gave it. Rows whose time does not parse have no date; every run re-examines them and upserts them into quarantine.
+a date run by itself gives what a run over a range gave it. Rows whose time does not parse have no date; every run
+re-examines them and upserts them into quarantine.
 
 Each bronze row goes exactly one way:
 - ``quarantined``: it broke a rule (the first rule broken is its reason code, see ``REASONS``);
@@ -150,13 +151,13 @@ def transform_quarantine(classified: DataFrame, run_id: str, quarantined_at: dt.
     )  # fmt: skip
 
 
-def transform_by_day(valid: DataFrame, dates: int, parallelism: int) -> DataFrame:
-    """``valid`` in one shuffle, by date, and by ``day_shard`` (a user hash) when there are fewer dates than
+def transform_by_day(rows: DataFrame, dates: int, parallelism: int) -> DataFrame:
+    """``rows`` in one shuffle, by date, and by ``day_shard`` (a user hash) when there are fewer dates than
     ``parallelism``. Every later step groups rows within a user's day, so none shuffles again, and each task writes
     one file per date it holds."""
     shards = -(-parallelism // max(dates, 1))
     day_shard = F.pmod(F.xxhash64("user_id"), F.lit(shards))
-    return valid.withColumn("day_shard", day_shard).repartition(max(dates, 1) * shards, "event_date", "day_shard")
+    return rows.withColumn("day_shard", day_shard).repartition(max(dates, 1) * shards, "event_date", "day_shard")
 
 
 def transform_classify_repeats(by_day: DataFrame, repeat_window_seconds: float) -> DataFrame:
