@@ -1,9 +1,9 @@
 """The Spark ETL (bronze → silver → gold) against a DuckDB reference over the same generated input, same run.
 
 The reference computes the same gold aggregations in one DuckDB process: typing and validity rules, exact
-duplicates and 2-second repeats removed, the decayed interaction matrix, session/user-basket item similarity with
-top-K neighbours, user RFM and activity windows, item demand windows and smoothed rates. It writes no Delta
-tables, keeps no provenance or quarantine and does no reconciliation, so it is a floor, not a twin.
+duplicates and 2-second repeats within a day removed, the decayed interaction matrix, session/user-basket item
+similarity with top-K neighbours, user RFM and activity windows, item demand windows and smoothed rates. It writes
+no Delta tables, keeps no provenance or quarantine and does no reconciliation, so it is a floor, not a twin.
 
 Run: ``python -m bench.etl --events 1000000 --events 10000000``.
 """
@@ -106,7 +106,7 @@ WHERE event_time IS NOT NULL AND user_id IS NOT NULL AND product_id IS NOT NULL
   AND NOT (event_type IN ('cart', 'purchase') AND price IS NULL);
 CREATE OR REPLACE TEMP TABLE events AS
 SELECT * EXCLUDE (previous) FROM (
-  SELECT *, lag(event_time) OVER (PARTITION BY user_id, product_id, event_type
+  SELECT *, lag(event_time) OVER (PARTITION BY user_id, product_id, event_type, CAST(event_time AS DATE)
                                   ORDER BY event_time, session_id NULLS FIRST, price NULLS FIRST, category_id NULLS FIRST,
                                            category_code NULLS FIRST, brand NULLS FIRST) AS previous
   FROM valid)
