@@ -254,8 +254,8 @@ def write_table(
       date replaces exactly that date, even when it now has no rows;
     - ``merge`` upserts on ``keys`` (default: the table's keys); merging the same rows twice changes nothing.
 
-    ``clustered``: each of ``df``'s partitions already holds few values of the table's partition columns (one date
-    per task, say), so Spark writes them as they are, without the shuffle that otherwise rebalances them.
+    ``clustered`` (not for ``merge``): each of ``df``'s partitions already holds few values of the table's partition
+    columns (one date per task, say), so Spark writes them as they are, without the shuffle that rebalances them.
     """
     if mode not in WRITE_MODES:
         raise ValueError(f"unknown write mode {mode!r}; expected one of {', '.join(WRITE_MODES)}")

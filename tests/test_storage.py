@@ -75,6 +75,13 @@ def test_overwrite_partitions_replaces_only_the_partitions_written(spark, lake):
     assert sorted((r.as_of_date, r.user_id) for r in read(spark).collect()) == [(D1, 1), (D2, 4)]
 
 
+def test_a_clustered_write_keeps_the_tasks_as_they_are_and_a_plain_one_rebalances(spark, lake):
+    df = interactions(spark, [(D1, u, 10, 1, 1.0) for u in range(8)]).repartition(4)  # one date in all 4 tasks
+    assert storage.write_table(df, "interactions", "overwrite", clustered=True).files == 4
+    assert storage.write_table(df, "interactions", "overwrite").files == 1  # rebalanced by date first
+    assert sorted(r.user_id for r in read(spark).collect()) == list(range(8))
+
+
 def test_overwrite_of_a_named_partition_with_no_rows_empties_it(spark, lake):
     storage.write_table(interactions(spark, [(D1, 1, 10, 1, 1.0), (D2, 2, 20, 1, 1.0)]), "interactions")
     empty = interactions(spark, [])
