@@ -83,14 +83,21 @@ def _seconds(column: Column) -> Column:
 
 
 def transform_type(bronze: DataFrame, rules: SilverRules) -> DataFrame:
-    """Typed columns plus ``reason``: null for a valid row, else the first rule the row breaks."""
+    """Typed columns plus ``reason``: null for a valid row, else the first rule the row breaks.
+
+    Two projections: values are parsed once, then the rules read the parsed columns. Written as one expression,
+    every rule that mentions the event time parses it again (Spark shares no work across a CASE's branches)."""
     synonyms = F.create_map(*(F.lit(v) for pair in EVENT_TYPE_SYNONYMS.items() for v in pair))
-    raw_type = F.lower(F.trim(F.col("event_type")))
-    event_type = F.try_element_at(synonyms, raw_type)
-    event_time = parse_event_time("event_time")
-    user, product = blank_to_null(F.col("user_id")), blank_to_null(F.col("product_id"))
-    price = F.col("price").try_cast("double")
-    priced = event_type.isin(*PRICED_TYPES)
+    parsed = bronze.select(
+        "*",
+        parse_event_time("event_time").alias("t_event_time"),
+        F.try_element_at(synonyms, F.lower(F.trim(F.col("event_type")))).alias("t_event_type"),
+        blank_to_null(F.col("user_id")).alias("_user"),
+        blank_to_null(F.col("product_id")).alias("_product"),
+        F.col("price").try_cast("double").alias("_price"),
+    )
+    event_time, event_type, price = F.col("t_event_time"), F.col("t_event_type"), F.col("_price")
+    user, product = F.col("_user"), F.col("_product")
     too_late = _seconds(F.col("ingested_at")) + rules.future_tolerance_hours * 3600
     rules_broken = [
         (F.col("field_count") != EXPECTED_FIELDS,
@@ -102,7 +109,7 @@ def transform_type(bronze: DataFrame, rules: SilverRules) -> DataFrame:
         (product.isNull(), F.lit("product_id is empty")),
         (product.try_cast("long").isNull(), F.concat(F.lit("product_id "), product)),
         (event_type.isNull(), F.concat(F.lit("event_type "), F.coalesce(F.col("event_type"), F.lit("null")))),
-        (priced & (price.isNull() | (price <= 0)),
+        (event_type.isin(*PRICED_TYPES) & (price.isNull() | (price <= 0)),
          F.format_string("%s with price %s", event_type, F.coalesce(F.col("price"), F.lit("null")))),
     ]  # fmt: skip
     reason: Column = F.lit(None).cast("string")
@@ -110,10 +117,10 @@ def transform_type(bronze: DataFrame, rules: SilverRules) -> DataFrame:
     for code, (broken, why) in reversed(list(zip(REASONS, rules_broken, strict=True))):
         reason = F.when(broken, F.lit(code)).otherwise(reason)
         detail = F.when(broken, why).otherwise(detail)
-    return bronze.select(
-        "*",
-        event_time.alias("t_event_time"),
-        event_type.alias("t_event_type"),
+    return parsed.select(
+        *bronze.columns,
+        "t_event_time",
+        "t_event_type",
         product.try_cast("long").alias("t_product_id"),
         user.try_cast("long").alias("t_user_id"),
         F.when(price > 0, price).alias("t_price"),  # a view without a positive price keeps no price
