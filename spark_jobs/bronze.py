@@ -6,8 +6,8 @@ line 1), the file checksum and the ingest run. A line with the wrong number of f
 so silver can quarantine it without anything being lost. Formats: CSV with a header, or JSON lines; either may be
 gzip-compressed.
 
-Line numbers need no Python: within one file split Spark reads rows in order, so a row's line is the number of
-lines in earlier splits of its file plus its position in its own split (from ``monotonically_increasing_id``).
+Line numbers need no Python per row: within one file split Spark reads rows in order, so a row's line is the number
+of lines in earlier splits of its file plus its position in its own split (from ``monotonically_increasing_id``).
 """
 
 from __future__ import annotations
@@ -19,16 +19,17 @@ import hashlib
 import json
 import logging
 import os
+import urllib.parse
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from shoplake import storage
 from shoplake.catalog import BRONZE_EVENTS, RAW_EVENT_COLUMNS
-from shoplake.errors import InputError
+from shoplake.errors import InputError, ShoplakeError
 from shoplake.run_metrics import record_metrics
 from shoplake.settings import get_settings
 from spark_jobs.columns import csv_field_count, parse_event_time
@@ -114,30 +115,41 @@ def inspect_event_file(path: str) -> EventFile:
 
 
 def read_lines(spark: SparkSession, files: Sequence[EventFile]) -> DataFrame:
-    """Every physical line of every file, with the file's index, its split's offset and a per-split order."""
-    frames = [
-        spark.read.text(f.path).select(
-            "value", F.lit(index).alias("file_index"), F.col("_metadata.file_block_start").alias("block_start")
-        )
-        for index, f in enumerate(files)
-    ]
-    union = frames[0]
-    for frame in frames[1:]:
-        union = union.unionByName(frame)
-    return union.withColumn("row_id", F.monotonically_increasing_id())
+    """Every physical line of every file, in one scan: Spark packs small files into shared splits (a scan per file
+    ran 60 tasks for 30 files, 3x slower). Each line has its file's URI, its split's offset and a per-split order."""
+    return spark.read.text([f.path for f in files]).select(
+        "value",
+        F.col("_metadata.file_path").alias("file_uri"),
+        F.col("_metadata.file_block_start").alias("block_start"),
+        F.monotonically_increasing_id().alias("row_id"),
+    )
 
 
-def transform_number_lines(lines: DataFrame) -> DataFrame:
-    """Add ``line_number`` (1-based, per file) from split offsets and the per-split row order."""
-    splits = lines.groupBy("file_index", "block_start").agg(
+def split_offsets(lines: DataFrame, files: Sequence[EventFile]) -> DataFrame:
+    """Per split that was read: its file's index, and ``line_offset``, which turns a ``row_id`` into a line number.
+
+    One small job counts each split's lines; the driver adds up the lines of a file's earlier splits."""
+    splits = lines.groupBy("file_uri", "block_start").agg(
         F.count(F.lit(1)).alias("split_lines"), F.min("row_id").alias("first_row_id")
     )
-    earlier = Window.partitionBy("file_index").orderBy("block_start").rowsBetween(Window.unboundedPreceding, -1)
-    splits = splits.withColumn("lines_before", F.coalesce(F.sum("split_lines").over(earlier), F.lit(0)))
-    return (
-        lines.join(F.broadcast(splits), on=["file_index", "block_start"], how="inner")
-        .withColumn("line_number", F.col("lines_before") + F.col("row_id") - F.col("first_row_id") + 1)
-        .select("file_index", "line_number", "value")
+    index = {f.path: i for i, f in enumerate(files)}
+    offsets, lines_before = [], dict.fromkeys(range(len(files)), 0)
+    for split in sorted(splits.collect(), key=lambda s: (s.file_uri, s.block_start)):
+        path = urllib.parse.unquote(urllib.parse.urlsplit(split.file_uri).path)
+        if path not in index:
+            raise ShoplakeError(f"Spark read {split.file_uri}, which is none of the files being landed")
+        file_index = index[path]
+        line_offset = lines_before[file_index] - split.first_row_id + 1
+        offsets.append((split.file_uri, split.block_start, file_index, line_offset))
+        lines_before[file_index] += split.split_lines
+    schema = "file_uri STRING, block_start LONG, file_index INT, line_offset LONG"
+    return lines.sparkSession.createDataFrame(offsets, schema)
+
+
+def transform_number_lines(lines: DataFrame, offsets: DataFrame) -> DataFrame:
+    """Add ``file_index`` and ``line_number`` (1-based, per file): a split's rows come in file order."""
+    return lines.join(F.broadcast(offsets), on=["file_uri", "block_start"], how="inner").select(
+        "file_index", (F.col("row_id") + F.col("line_offset")).alias("line_number"), "value"
     )
 
 
@@ -177,10 +189,10 @@ def transform_bronze(
     ``event_date`` places a row on the day it happened; a time that does not parse, or lies beyond ingestion plus
     the tolerance, places it nowhere (null), and every silver run examines such rows."""
     by_index = F.col("file_index") + 1
-    event_time = parse_event_time("event_time")
+    event_time = F.col("_event_time")  # parsed once in its own projection: the rules below read it twice
     latest = F.lit(ingested_at + dt.timedelta(hours=future_tolerance_hours)).cast("timestamp")
     plausible = event_time.isNotNull() & (event_time <= latest)
-    return fields.select(
+    return fields.withColumn("_event_time", parse_event_time("event_time")).select(
         *RAW_EVENT_COLUMNS,
         "field_count",
         F.when(F.col("field_count") != EXPECTED_FIELDS, F.col("value")).alias("raw_line"),
@@ -200,7 +212,8 @@ def build_bronze(
     ingested_at: dt.datetime,
     future_tolerance_hours: float = 1.0,
 ) -> DataFrame:
-    numbered = transform_number_lines(read_lines(spark, files))
+    lines = read_lines(spark, files)
+    numbered = transform_number_lines(lines, split_offsets(lines, files))
     groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
     for index, f in enumerate(files):
         groups.setdefault((f.format, f.header), []).append(index)

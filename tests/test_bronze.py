@@ -61,6 +61,28 @@ def test_landing_the_same_file_again_is_a_no_op(spark, lake, tmp_path):
     assert storage.table_version("bronze_events") == first.version
 
 
+def test_small_files_that_share_a_split_are_numbered_each_from_its_own_header(spark, lake, tmp_path):
+    folder = tmp_path / "odd #1 100%+ü"  # Spark names files by URI: the name must map back to the path given
+    folder.mkdir()
+    paths = []
+    for n in range(3):
+        path = folder / f"day {n}.csv"
+        path.write_text("\n".join([HEADER, *(ROW.replace("541312140", f"{n}{k}") for k in range(n + 2))]) + "\n")
+        paths.append(path)
+    packed = {"spark.sql.files.openCostInBytes": "1", "spark.sql.files.minPartitionNum": "1"}  # one split for all
+    for key, value in packed.items():
+        spark.conf.set(key, value)
+    try:
+        files = [bronze.inspect_event_file(str(p)) for p in paths]
+        assert bronze.read_lines(spark, files).rdd.getNumPartitions() == 1
+        land(spark, *paths)
+    finally:
+        for key in packed:
+            spark.conf.unset(key)
+    got = {(r.source_file, r.line_number, r.user_id) for r in bronze_rows(spark)}
+    assert got == {(str(paths[n]), k + 2, f"{n}{k}") for n in range(3) for k in range(n + 2)}
+
+
 def test_provenance_and_parsed_event_date(spark, lake, tmp_path):
     path = tmp_path / "day.csv"
     path.write_text(f"{HEADER}\n{ROW}\nnot-a-time,view,1,2,,,1.0,3,s\n")
