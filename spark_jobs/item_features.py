@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 
 from shoplake.catalog import CATEGORY_POPULAR, COUNT_COLUMN, ITEM_FEATURES, WINDOWS_DAYS
 from spark_jobs.interactions import AsOf
+from spark_jobs.items import transform_latest_values
 
 COUNTED_TYPES = ("view", "cart", "purchase")
 ALL_CATEGORIES = "(all)"  # the whole shop, in category_popular
@@ -36,11 +37,8 @@ def transform_item_features(events: DataFrame, as_of: AsOf, *, prior_strength: f
         F.mean("price").alias("price_mean"),
         F.min("price").alias("price_min"),
         F.max("price").alias("price_max"),
-        F.max_by("category_code", F.when(F.col("category_code").isNotNull(), F.col("event_time"))).alias(
-            "category_code"
-        ),
-        F.max_by("brand", F.when(F.col("brand").isNotNull(), F.col("event_time"))).alias("brand"),
     )
+    per_item = per_item.join(transform_latest_values(events, ("category_code", "brand")), on="item_id", how="left")
     users = (
         events.filter(in_window[30])
         .select(F.col("product_id").alias("item_id"), "user_id")
@@ -48,9 +46,11 @@ def transform_item_features(events: DataFrame, as_of: AsOf, *, prior_strength: f
         .groupBy("item_id")
         .agg(F.count(F.lit(1)).alias("distinct_users_30d"))
     )
-    totals = per_item.agg(
-        F.sum("views_30d").alias("views"), F.sum("carts_30d").alias("carts"), F.sum("purchases_30d").alias("purchases")
-    ).first()
+    totals = (  # from the events: summing per_item's counts would compute per_item twice
+        events.filter(in_window[30])
+        .agg(*(F.count(F.when(F.col("event_type") == t, 1)).alias(COUNT_COLUMN[t]) for t in COUNTED_TYPES))
+        .first()
+    )
     views = float(totals["views"] or 0) if totals else 0.0
     cart_prior = float(totals["carts"] or 0) / views if totals and views else 0.0
     purchase_prior = float(totals["purchases"] or 0) / views if totals and views else 0.0

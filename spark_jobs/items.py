@@ -80,15 +80,19 @@ def land_catalog(spark: SparkSession, path: str, *, run_id: str, updated_at: dt.
     return storage.merge_table(items, ITEMS, run_id=run_id)
 
 
+def transform_latest_values(events: DataFrame, columns: Sequence[str]) -> DataFrame:
+    """Per product (``item_id``): each column's value at the latest event that has one; at equal times, the larger.
+
+    Events are first grouped by product and values, a hash aggregation that leaves a row per distinct combination:
+    an aggregate that keeps a string (``max_by``) would make Spark sort every event instead."""
+    combinations = events.groupBy("product_id", *columns).agg(F.max("event_time").alias("_seen"))
+    latest = [F.max(F.when(F.col(c).isNotNull(), F.struct("_seen", c)))[c].alias(c) for c in columns]
+    return combinations.groupBy(F.col("product_id").alias("item_id")).agg(*latest)
+
+
 def transform_items_from_events(events: DataFrame, updated_at: dt.datetime) -> DataFrame:
     """Items as the events describe them: each product's latest known category, brand and price."""
-
-    def latest(column: str) -> F.Column:
-        return F.max_by(column, F.when(F.col(column).isNotNull(), F.col("event_time"))).alias(column)
-
-    return events.groupBy(F.col("product_id").alias("item_id")).agg(
-        latest("category_id"), latest("category_code"), latest("brand"), latest("price")
-    ).select(
+    return transform_latest_values(events, ("category_id", "category_code", "brand", "price")).select(
         "item_id",
         F.lit(None).cast("string").alias("title"),
         F.lit(None).cast("string").alias("description"),

@@ -86,3 +86,18 @@ def test_events_fill_in_items_but_never_override_the_catalogue(spark, lake, tmp_
     assert (got[2].category_code, got[2].brand, got[2].price, got[2].category_id, got[2].source) == (
         "kids.toys", "lego", 12.0, 42, "events",
     )  # fmt: skip
+
+
+def test_each_column_takes_its_latest_known_value_and_equal_times_take_the_larger(spark):
+    events = silver_events(spark, [
+        (1, 0, "a.old", "zeta", 5.0),
+        (1, 9, "a.new", None, None),  # latest: its category wins; its missing brand and price do not
+        (1, 3, None, "beta", 7.0),
+        (2, 4, "b.one", "alpha", 3.0),
+        (2, 4, "b.two", "alpha", 1.0),  # same minute: the larger value of each column
+        (3, 1, None, None, None),  # nothing known at all
+    ])  # fmt: skip
+    got = {r.item_id: r for r in items.transform_latest_values(events, ("category_code", "brand", "price")).collect()}
+    assert (got[1].category_code, got[1].brand, got[1].price) == ("a.new", "beta", 7.0)
+    assert (got[2].category_code, got[2].brand, got[2].price) == ("b.two", "alpha", 3.0)
+    assert (got[3].category_code, got[3].brand, got[3].price) == (None, None, None)
