@@ -46,6 +46,7 @@ OUTCOMES = ("kept", "exact_duplicate", "collapsed", "quarantined")
 PRICED_TYPES = ("cart", "purchase")  # a cart or purchase without a positive price is quarantined
 CONTENT_COLUMNS = ("user_session", "price", "category_id", "category_code", "brand")  # beyond time, user, item, type
 SOURCE_FIELDS = ("source_file", "line_number", "file_checksum", "ingest_run_id")
+FILE_FIELDS = ("source_file", "file_checksum", "ingest_run_id")  # one value per landed file: carried as a key
 REJECTED_FIELDS = (*RAW_EVENT_COLUMNS, "field_count", "raw_line", "detail", "event_date")  # what quarantine keeps
 
 
@@ -129,9 +130,27 @@ def transform_type(bronze: DataFrame, rules: SilverRules) -> DataFrame:
     )
 
 
+def file_key() -> Column:
+    """A landed file's key: what rows carry through the shuffle instead of its path, checksum and run (~140 bytes)."""
+    return F.xxhash64(*FILE_FIELDS)
+
+
+def transform_landed_files(bronze: DataFrame) -> DataFrame:
+    """``file_key`` and the provenance it stands for, one row per landed file."""
+    return bronze.select(*FILE_FIELDS).distinct().withColumn("file_key", file_key())
+
+
+def transform_restore_files(rows: DataFrame, files: DataFrame) -> DataFrame:
+    """``rows`` with their file's provenance in place of ``file_key``. Every key comes from ``files``' bronze rows,
+    so none is unmatched; a row lost or doubled here would fail the reconciliation of the rows committed."""
+    return rows.join(F.broadcast(files), on="file_key", how="inner").drop("file_key")
+
+
 def transform_classifiable(typed: DataFrame) -> DataFrame:
     """Every typed row with silver's typed, normalised columns (no outcome yet). A row that broke a rule keeps its
-    ``reason`` and, in ``rejected``, the raw fields quarantine stores, so one pass over bronze fills both tables."""
+    ``reason`` and, in ``rejected``, the raw fields quarantine stores, so one pass over bronze fills both tables.
+    Provenance travels as ``file_key`` and ``line_number`` (``transform_restore_files`` puts it back): the strings
+    were a quarter of silver's time through the shuffle, the sort and the cache."""
     rejected = F.when(F.col("reason").isNotNull(), F.struct(*REJECTED_FIELDS))
     return typed.select(
         F.col("t_event_time").alias("event_time"),
@@ -143,16 +162,20 @@ def transform_classifiable(typed: DataFrame) -> DataFrame:
         F.col("t_price").alias("price"),
         F.col("t_user_id").alias("user_id"),
         blank_to_null(F.col("user_session")).alias("user_session"),
-        *SOURCE_FIELDS,
+        file_key().alias("file_key"),
+        "line_number",
         F.to_date("t_event_time").alias("event_date"),
         "reason",
         rejected.alias("rejected"),
     )  # fmt: skip
 
 
-def transform_quarantine(classified: DataFrame, run_id: str, quarantined_at: dt.datetime) -> DataFrame:
+def transform_quarantine(
+    classified: DataFrame, files: DataFrame, run_id: str, quarantined_at: dt.datetime
+) -> DataFrame:
     """The quarantined rows as bronze had them (its ``event_date`` too: null when the time did not parse)."""
-    return classified.filter(F.col("outcome") == "quarantined").select(
+    quarantined = transform_restore_files(classified.filter(F.col("outcome") == "quarantined"), files)
+    return quarantined.select(
         *(F.col("rejected")[c].alias(c) for c in REJECTED_FIELDS), *SOURCE_FIELDS, "reason",
         F.lit(run_id).alias("run_id"), F.lit(quarantined_at).cast("timestamp").alias("quarantined_at"),
     )  # fmt: skip
@@ -172,7 +195,7 @@ def transform_classify_repeats(by_day: DataFrame, repeat_window_seconds: float) 
     of the same user, item and type that day is the same event, or came at most ``repeat_window_seconds`` earlier;
     otherwise kept. One window does it all (rows with a reason are never another row's previous)."""
     ordered = Window.partitionBy("event_date", "day_shard", "reason", "user_id", "product_id", "event_type").orderBy(
-        "event_time", *CONTENT_COLUMNS, "source_file", "line_number"
+        "event_time", *CONTENT_COLUMNS, "file_key", "line_number"
     )
     previous = F.lag(F.struct("event_time", *CONTENT_COLUMNS)).over(ordered)
     same_content = F.lit(True)
@@ -230,9 +253,10 @@ def transform_sessionize(by_day: DataFrame, gap_minutes: float) -> DataFrame:
     return sessions.drop("_missing", "_starts")
 
 
-def transform_silver(kept: DataFrame, rules: SilverRules, processed_at: dt.datetime) -> DataFrame:
+def transform_silver(kept: DataFrame, files: DataFrame, rules: SilverRules, processed_at: dt.datetime) -> DataFrame:
     events = transform_sessionize(kept.withColumn("event_id", event_id()), rules.session_gap_minutes)
     events = transform_flag_bots(events, rules.bot_window_seconds, rules.bot_max_events_per_window)
+    events = transform_restore_files(events, files)
     return events.withColumn("processed_at", F.lit(processed_at).cast("timestamp")).select(*SILVER_EVENTS.columns)
 
 
@@ -255,7 +279,9 @@ def run_silver(
         raise ShoplakeError("silver needs at least one date to process")
     rules = rules or SilverRules.from_settings(get_settings())
     dates = tuple(sorted(set(dates)))
-    typed = transform_type(read_bronze_scope(spark, dates), rules)
+    scope = read_bronze_scope(spark, dates)
+    typed = transform_type(scope, rules)
+    files = transform_landed_files(scope)
     # Bronze is read once: the cached classification holds the quarantined rows' raw fields too. Its rows are
     # counted on the way in by an observation, so the reconciliation checks the classification, not itself.
     seen = Observation("silver_bronze_rows")
@@ -273,12 +299,12 @@ def run_silver(
             assert row is not None  # a global aggregate always has one row
             bronze_rows = row["rows"]
 
-        silver = transform_silver(classified.filter(F.col("outcome") == "kept"), rules, processed_at)
+        silver = transform_silver(classified.filter(F.col("outcome") == "kept"), files, rules, processed_at)
         written = storage.write_table(
             silver, SILVER_EVENTS, "overwrite_partitions", partitions=[{"event_date": d} for d in dates],
             run_id=run_id, clustered=True,
         )  # fmt: skip
-        quarantine = transform_quarantine(classified, run_id, processed_at)
+        quarantine = transform_quarantine(classified, files, run_id, processed_at)
         quarantined = (
             storage.merge_table(quarantine, QUARANTINE_EVENTS, run_id=run_id) if counts["quarantined"] else None
         )

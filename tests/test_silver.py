@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
@@ -143,6 +144,18 @@ def test_a_late_file_is_merged_into_its_date_and_other_dates_stay(spark, lake, t
     run(spark, dates=(D1,))
     assert [(r.event_date, r.product_id) for r in silver_rows(spark)] == [(D1, 100), (D1, 300), (D2, 200)]
     assert {p for p in _files(spark) if "2019-10-02" in p} == d2_files_before
+
+
+def test_silver_and_quarantine_rows_keep_the_provenance_of_their_bronze_row(spark, lake, tmp_path):
+    land(spark, tmp_path, "a.csv", [event("2019-10-01 10:00:00"), event("2019-10-01 10:05:00", user="")], run_id="r1")
+    land(spark, tmp_path, "b.csv", [event("2019-10-01 09:00:00", product="200")], run_id="r2")
+    run(spark)
+    source = ["source_file", "line_number", "file_checksum", "ingest_run_id"]
+    bronze_sources = {tuple(r) for r in storage.read_table(spark, "bronze_events").select(source).collect()}
+    kept = {tuple(r) for r in storage.read_table(spark, "silver_events").select(source).collect()}
+    quarantined = {tuple(r) for r in storage.read_table(spark, "quarantine_events").select(source).collect()}
+    assert kept | quarantined == bronze_sources and len(bronze_sources) == 3
+    assert {(Path(f).name, n, run_id) for f, n, _, run_id in quarantined} == {("a.csv", 3, "r1")}
 
 
 def test_rerunning_a_date_gives_an_identical_table(spark, lake, tmp_path):
