@@ -45,9 +45,9 @@ REASONS = (
 OUTCOMES = ("kept", "exact_duplicate", "collapsed", "quarantined")
 PRICED_TYPES = ("cart", "purchase")  # a cart or purchase without a positive price is quarantined
 CONTENT_COLUMNS = ("user_session", "price", "category_id", "category_code", "brand")  # beyond time, user, item, type
-SOURCE_FIELDS = ("source_file", "line_number", "file_checksum", "ingest_run_id")
 FILE_FIELDS = ("source_file", "file_checksum", "ingest_run_id")  # one value per landed file: carried as a key
-REJECTED_FIELDS = (*RAW_EVENT_COLUMNS, "field_count", "raw_line", "detail", "event_date")  # what quarantine keeps
+# what quarantine keeps besides the line number and the reason
+REJECTED_FIELDS = (*RAW_EVENT_COLUMNS, "field_count", "raw_line", "detail", "event_date", *FILE_FIELDS)
 
 
 class ReconciliationError(ShoplakeError):
@@ -148,9 +148,9 @@ def transform_restore_files(rows: DataFrame, files: DataFrame) -> DataFrame:
 
 def transform_classifiable(typed: DataFrame) -> DataFrame:
     """Every typed row with silver's typed, normalised columns (no outcome yet). A row that broke a rule keeps its
-    ``reason`` and, in ``rejected``, the raw fields quarantine stores, so one pass over bronze fills both tables.
-    Provenance travels as ``file_key`` and ``line_number`` (``transform_restore_files`` puts it back): the strings
-    were a quarter of silver's time through the shuffle, the sort and the cache."""
+    ``reason`` and, in ``rejected``, the raw fields and provenance quarantine stores, so one pass over bronze fills
+    both tables. Other rows' provenance travels as ``file_key`` and ``line_number`` (``transform_restore_files``
+    puts it back): the strings were a quarter of silver's time through the shuffle, the sort and the cache."""
     rejected = F.when(F.col("reason").isNotNull(), F.struct(*REJECTED_FIELDS))
     return typed.select(
         F.col("t_event_time").alias("event_time"),
@@ -170,13 +170,10 @@ def transform_classifiable(typed: DataFrame) -> DataFrame:
     )  # fmt: skip
 
 
-def transform_quarantine(
-    classified: DataFrame, files: DataFrame, run_id: str, quarantined_at: dt.datetime
-) -> DataFrame:
+def transform_quarantine(classified: DataFrame, run_id: str, quarantined_at: dt.datetime) -> DataFrame:
     """The quarantined rows as bronze had them (its ``event_date`` too: null when the time did not parse)."""
-    quarantined = transform_restore_files(classified.filter(F.col("outcome") == "quarantined"), files)
-    return quarantined.select(
-        *(F.col("rejected")[c].alias(c) for c in REJECTED_FIELDS), *SOURCE_FIELDS, "reason",
+    return classified.filter(F.col("outcome") == "quarantined").select(
+        *(F.col("rejected")[c].alias(c) for c in REJECTED_FIELDS), "line_number", "reason",
         F.lit(run_id).alias("run_id"), F.lit(quarantined_at).cast("timestamp").alias("quarantined_at"),
     )  # fmt: skip
 
@@ -185,9 +182,10 @@ def transform_by_day(rows: DataFrame, dates: int, parallelism: int) -> DataFrame
     """``rows`` in one shuffle, by date, and by ``day_shard`` (a user hash) when there are fewer dates than
     ``parallelism``. Every later step groups rows within a user's day, so none shuffles again, and each task writes
     one file per date it holds."""
-    shards = -(-parallelism // max(dates, 1))
+    dates = max(dates, 1)
+    shards = -(-parallelism // dates)
     day_shard = F.pmod(F.xxhash64("user_id"), F.lit(shards))
-    return rows.withColumn("day_shard", day_shard).repartition(max(dates, 1) * shards, "event_date", "day_shard")
+    return rows.withColumn("day_shard", day_shard).repartition(dates * shards, "event_date", "day_shard")
 
 
 def transform_classify_repeats(by_day: DataFrame, repeat_window_seconds: float) -> DataFrame:
@@ -304,7 +302,7 @@ def run_silver(
             silver, SILVER_EVENTS, "overwrite_partitions", partitions=[{"event_date": d} for d in dates],
             run_id=run_id, clustered=True,
         )  # fmt: skip
-        quarantine = transform_quarantine(classified, files, run_id, processed_at)
+        quarantine = transform_quarantine(classified, run_id, processed_at)
         quarantined = (
             storage.merge_table(quarantine, QUARANTINE_EVENTS, run_id=run_id) if counts["quarantined"] else None
         )
