@@ -22,6 +22,7 @@ from shoplake.run_metrics import record_metrics
 from shoplake.settings import Settings, get_settings
 from spark_jobs.gold import baskets_of, cf_recommendations_of, item_similarity_of, read_history
 from spark_jobs.interactions import AsOf, transform_interactions
+from spark_jobs.similarity import transform_user_ratings
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,10 @@ def evaluate(
         interactions = transform_interactions(train, as_of, settings.event_weights, settings.half_life_days).cache()
         baskets = baskets_of(train, settings).cache()  # read by the per-item counts and by the pair counting
         similarity = item_similarity_of(baskets, as_of, settings)
-        cf = cf_recommendations_of(interactions, similarity, as_of, settings).select("user_id", "item_id", "rank")
+        ratings = transform_user_ratings(interactions, settings.cf_user_items)
+        cf = cf_recommendations_of(ratings, interactions, similarity, as_of, settings).select(
+            "user_id", "item_id", "rank"
+        )
         seen = interactions.select("user_id", "item_id")
         relevant = (
             test.select("user_id", F.col("product_id").alias("item_id")).distinct()

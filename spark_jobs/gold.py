@@ -119,11 +119,11 @@ def run_gold(
     finally:
         baskets.unpersist()
     write(transform_item_neighbors(similarity, as_of), ITEM_NEIGHBORS)
-    write(
+    user_items = write(
         transform_user_items(interactions, as_of, user_items=settings.cf_user_items, bought_items=BOUGHT_ITEMS_KEPT),
         USER_ITEMS,
     )
-    write(cf_recommendations_of(interactions, similarity, as_of, settings), CF_RECOMMENDATIONS)
+    write(cf_recommendations_of(user_items, interactions, similarity, as_of, settings), CF_RECOMMENDATIONS)
     write(transform_user_features(events, as_of), USER_FEATURES)
     item_features = write(
         transform_item_features(events, as_of, prior_strength=settings.rate_prior_strength), ITEM_FEATURES
@@ -150,10 +150,12 @@ def item_similarity_of(baskets: DataFrame, as_of: AsOf, settings: Settings) -> D
     )  # fmt: skip
 
 
-def cf_recommendations_of(interactions: DataFrame, similarity: DataFrame, as_of: AsOf, settings: Settings) -> DataFrame:
+def cf_recommendations_of(
+    ratings: DataFrame, interactions: DataFrame, similarity: DataFrame, as_of: AsOf, settings: Settings
+) -> DataFrame:
     """Top-N item-based CF recommendations per user with the settings' N and contribution bounds."""
     return transform_cf_recommendations(
-        interactions, similarity, as_of, top_n=settings.cf_top_n, user_items=settings.cf_user_items,
+        ratings, interactions, similarity, as_of, top_n=settings.cf_top_n,
         max_contributions=settings.cf_max_contributions,
     )  # fmt: skip
 

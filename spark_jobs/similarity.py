@@ -178,8 +178,7 @@ class NeighbourRanking:
 
 
 def strongest_items(interactions: DataFrame, user_items: int) -> DataFrame:
-    """(user_id, top): each user's ``user_items`` highest-scored items j with r(u, j) > 0, in rank order — the
-    items the CF formula sums over."""
+    """(user_id, top): each user's ``user_items`` highest-scored items j with r(u, j) > 0, in rank order."""
     strongest = Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id")
     return (
         interactions.filter(F.col("score") > 0)
@@ -190,22 +189,34 @@ def strongest_items(interactions: DataFrame, user_items: int) -> DataFrame:
     )
 
 
+def transform_user_ratings(interactions: DataFrame, user_items: int) -> DataFrame:
+    """(user_id, item_ids, item_scores): each user's ``user_items`` highest-scored items j and r(u, j), the terms
+    the CF formula sums over; users without a positive score have no row. ``user_items`` stores them per user."""
+    return strongest_items(interactions, user_items).select(
+        "user_id", F.col("top.item_id").alias("item_ids"), F.col("top.score").alias("item_scores")
+    )
+
+
 def transform_cf_recommendations(
+    ratings: DataFrame,
     interactions: DataFrame,
     similarity: DataFrame,
     as_of: AsOf,
     *,
     top_n: int,
-    user_items: int,
     max_contributions: int,
 ) -> DataFrame:
     """Top-N items per user by score(u, i) = Σ_{j∈N(i)} w_ij · r(u, j), bought items excluded.
 
-    The sum is a sparse matrix product, users' ratings R times the contribution matrix W (W[j, i] = w_ij): a join of
-    ratings with neighbourhoods would shuffle every (user, j, i) term — 50 × 50 per user — before summing them.
-    W has one row per item j holding at most ``max_contributions`` entries, so it is shipped whole to each task,
-    and the tasks multiply blocks of users with it."""
-    rated = strongest_items(interactions, user_items)
+    ``ratings`` holds each user's r(u, j) as ``item_ids`` and ``item_scores`` (``transform_user_ratings``; gold
+    passes the ``user_items`` table it has just written, so the ratings are ranked once); ``interactions`` says
+    what each user bought. The sum is a sparse matrix product, users' ratings R times the contribution matrix W
+    (W[j, i] = w_ij): a join of ratings with neighbourhoods would shuffle every (user, j, i) term — 50 × 50 per
+    user — before summing them. W has one row per item j holding at most ``max_contributions`` entries, so it is
+    shipped whole to each task, and the tasks multiply blocks of users with it."""
+    rated = ratings.filter(F.size("item_ids") > 0).select(
+        "user_id", F.col("item_ids").alias("rated_ids"), F.col("item_scores").alias("ratings")
+    )
     bought = (
         interactions.filter(F.col("purchases") > 0).groupBy("user_id").agg(F.collect_list("item_id").alias("bought"))
     )
@@ -217,9 +228,7 @@ def transform_cf_recommendations(
         .select("item_id", "neighbor_item_id", "weight")
     )
     matrix = ContributionMatrix.of(contributions.toArrow())
-    users = rated.join(bought, on="user_id", how="left").select(
-        "user_id", F.col("top.item_id").alias("rated_ids"), F.col("top.score").alias("ratings"), "bought"
-    )
+    users = rated.join(bought, on="user_id", how="left")
     top = users.mapInArrow(lambda batches: matrix.recommend(batches, top_n), CF_SCHEMA)
     return as_of.stamp(top).select(*CF_RECOMMENDATIONS.columns)
 
@@ -354,7 +363,6 @@ def transform_item_neighbors(similarity: DataFrame, as_of: AsOf) -> DataFrame:
 def transform_user_items(interactions: DataFrame, as_of: AsOf, *, user_items: int, bought_items: int) -> DataFrame:
     """Per user: the ``user_items`` highest-scored items with their scores r(u, j) (what the CF formula sums over)
     and up to ``bought_items`` most recently bought items (what a recommender must not offer again)."""
-    top = strongest_items(interactions, user_items)
     latest = Window.partitionBy("user_id").orderBy(F.desc("last_event_time"), "item_id")
     bought = (
         interactions.filter(F.col("purchases") > 0)
@@ -365,12 +373,12 @@ def transform_user_items(interactions: DataFrame, as_of: AsOf, *, user_items: in
     )
     users = interactions.select("user_id").distinct()
     return as_of.stamp(
-        users.join(top, on="user_id", how="left")
+        users.join(transform_user_ratings(interactions, user_items), on="user_id", how="left")
         .join(bought, on="user_id", how="left")
         .select(
             "user_id",
-            F.coalesce(F.transform("top", lambda r: r["item_id"]), F.array().cast("array<long>")).alias("item_ids"),
-            F.coalesce(F.transform("top", lambda r: r["score"]), F.array().cast("array<double>")).alias("item_scores"),
+            F.coalesce("item_ids", F.array().cast("array<long>")).alias("item_ids"),
+            F.coalesce("item_scores", F.array().cast("array<double>")).alias("item_scores"),
             F.coalesce("bought_item_ids", F.array().cast("array<long>")).alias("bought_item_ids"),
         )
     ).select(*USER_ITEMS.columns)

@@ -25,6 +25,7 @@ from spark_jobs.similarity import (
     transform_item_neighbors,
     transform_item_similarity,
     transform_user_items,
+    transform_user_ratings,
 )
 from spark_jobs.user_features import (
     median_price_below,
@@ -174,7 +175,7 @@ def test_cf_scores_follow_the_formula_and_skip_what_the_user_bought(spark):
     similarity = transform_item_similarity(transform_baskets(base, 20), AS_OF, top_k=50, damping=0.5, min_support=1)
     interactions = transform_interactions(base, AS_OF, WEIGHTS, 14.0)
     recommendations = transform_cf_recommendations(
-        interactions, similarity, AS_OF, top_n=10, user_items=50, max_contributions=50
+        transform_user_ratings(interactions, 50), interactions, similarity, AS_OF, top_n=10, max_contributions=50
     )
     got = {(r.user_id, r.item_id): (r.score, r.rank) for r in recommendations.collect()}
     # user 4 saw B once, 14 days ago: r(4, B) = 0.5; A has B as a neighbour with w_AB = 4/6.
@@ -186,7 +187,7 @@ def test_cf_scores_follow_the_formula_and_skip_what_the_user_bought(spark):
     bought = events(spark, [ev(1, "view", 2, user=4, session="s4"), ev(1, "purchase", 1, user=4, session="s4")])
     interactions = transform_interactions(base.unionByName(bought), AS_OF, WEIGHTS, 14.0)
     recommendations = transform_cf_recommendations(
-        interactions, similarity, AS_OF, top_n=10, user_items=50, max_contributions=50
+        transform_user_ratings(interactions, 50), interactions, similarity, AS_OF, top_n=10, max_contributions=50
     )
     assert (4, 1) not in {(r.user_id, r.item_id) for r in recommendations.collect()}
 
@@ -195,7 +196,8 @@ def test_a_popular_item_contributes_only_to_the_items_closest_to_it(spark):
     base = co_occurrence_events(spark)  # A is a neighbour of B (w = 4/6) and of C (w = 2/sqrt(12) ≈ 0.577)
     similarity = transform_item_similarity(transform_baskets(base, 20), AS_OF, top_k=50, damping=0.5, min_support=1)
     interactions = transform_interactions(base, AS_OF, WEIGHTS, 14.0)
-    capped = transform_cf_recommendations(interactions, similarity, AS_OF, top_n=10, user_items=50, max_contributions=1)
+    ratings = transform_user_ratings(interactions, 50)
+    capped = transform_cf_recommendations(ratings, interactions, similarity, AS_OF, top_n=10, max_contributions=1)
     by_user = {(r.user_id, r.item_id) for r in capped.collect()}
     assert (3, 2) in by_user  # user 3 saw A: A still adds to B, the item it is closest to
     assert (1, 3) not in by_user  # user 1 saw A and B: A no longer adds to C
