@@ -25,6 +25,7 @@ from shoplake.catalog import (
     ITEM_FEATURES,
     ITEM_NEIGHBORS,
     ITEM_SIMILARITY,
+    ITEMS,
     SILVER_EVENTS,
     USER_FEATURES,
     USER_ITEMS,
@@ -126,7 +127,10 @@ def run_gold(
     write(cf_recommendations_of(user_items, interactions, similarity, as_of, settings), CF_RECOMMENDATIONS)
     write(transform_user_features(events, as_of), USER_FEATURES)
     item_features = write(
-        transform_item_features(events, as_of, prior_strength=settings.rate_prior_strength), ITEM_FEATURES
+        transform_item_features(
+            events, storage.read_table(spark, ITEMS), as_of, prior_strength=settings.rate_prior_strength
+        ),
+        ITEM_FEATURES,
     )
     write(transform_category_popular(item_features, as_of, keep=settings.popular_items_kept), CATEGORY_POPULAR)
     out = matrix_dir(settings, as_of_date)

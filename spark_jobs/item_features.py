@@ -12,7 +12,6 @@ from pyspark.sql import functions as F
 
 from shoplake.catalog import CATEGORY_POPULAR, COUNT_COLUMN, ITEM_FEATURES, WINDOWS_DAYS
 from spark_jobs.interactions import AsOf
-from spark_jobs.items import transform_latest_values
 
 COUNTED_TYPES = ("view", "cart", "purchase")
 ALL_CATEGORIES = "(all)"  # the whole shop, in category_popular
@@ -24,8 +23,9 @@ def smoothed_rate(successes: Column, trials: Column, prior: float, strength: flo
     return F.least(F.greatest(rate, F.lit(0.0)), F.lit(1.0))
 
 
-def transform_item_features(events: DataFrame, as_of: AsOf, *, prior_strength: float) -> DataFrame:
-    """One row per item with any event in ``events`` (the history window of non-bot silver events)."""
+def transform_item_features(events: DataFrame, items: DataFrame, as_of: AsOf, *, prior_strength: float) -> DataFrame:
+    """One row per item with any event in ``events`` (the history window of non-bot silver events). Category and
+    brand are the ``items`` table's: the catalogue's where one was landed, else the events' latest."""
     in_window = {w: F.col("event_time") >= F.lit(as_of.start(w)).cast("timestamp") for w in WINDOWS_DAYS}
     counts = [
         F.count(F.when((F.col("event_type") == t) & in_window[w], 1)).alias(f"{COUNT_COLUMN[t]}_{w}d")
@@ -38,7 +38,7 @@ def transform_item_features(events: DataFrame, as_of: AsOf, *, prior_strength: f
         F.min("price").alias("price_min"),
         F.max("price").alias("price_max"),
     )
-    per_item = per_item.join(transform_latest_values(events, ("category_code", "brand")), on="item_id", how="left")
+    per_item = per_item.join(items.select("item_id", "category_code", "brand"), on="item_id", how="left")
     users = (
         events.filter(in_window[30])
         .select(F.col("product_id").alias("item_id"), "user_id")

@@ -16,6 +16,7 @@ from shoplake.catalog import SILVER_EVENTS
 from spark_jobs import bronze, gold, silver
 from spark_jobs.interactions import AsOf, transform_interactions
 from spark_jobs.item_features import transform_item_features
+from spark_jobs.items import transform_items_from_events
 from spark_jobs.similarity import (
     ContributionMatrix,
     NeighbourRanking,
@@ -333,7 +334,9 @@ def test_user_features_windows_affinity_brand_and_conversion(spark):
 def test_item_features_smoothed_rates_and_unique_ranks(spark):
     rows = [ev(1, "view", 1, user=u) for u in range(8)] + [ev(1, "cart", 1, user=0), ev(1, "view", 2, user=1),
             ev(1, "cart", 2, user=1), ev(1, "view", 3, code=None, user=2)]  # fmt: skip
-    got = {r.item_id: r for r in transform_item_features(events(spark, rows), AS_OF, prior_strength=10).collect()}
+    history = events(spark, rows)
+    items = transform_items_from_events(history, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    got = {r.item_id: r for r in transform_item_features(history, items, AS_OF, prior_strength=10).collect()}
     prior = 2 / 10  # carts / views over all items in 30 days
     assert got[1].view_to_cart_rate == pytest.approx((1 + 10 * prior) / (8 + 10))
     assert got[2].view_to_cart_rate == pytest.approx((1 + 10 * prior) / (1 + 10))
