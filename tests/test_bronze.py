@@ -123,6 +123,24 @@ def test_quoted_commas_are_one_field(spark, lake, tmp_path):
     assert (row.category_code, row.field_count, row.raw_line) == ("a,b", 9, None)
 
 
+
+def test_lines_of_the_wrong_length_keep_their_field_count_and_raw_text(spark, lake, tmp_path):
+    path = tmp_path / "ragged.csv"
+    lines = [
+        ROW,  # 9 fields
+        "",  # an empty line: one empty field
+        ROW + ",extra",  # 10
+        ROW.rsplit(",", 2)[0],  # 7
+        ROW.replace(",shiseido,", ',"shiseido,'),  # an unclosed quote: only the 3 commas after it separate
+        ROW.replace(",shiseido,", ',"shi,seido",'),  # 9, one of them quoted
+    ]
+    path.write_text(HEADER + "\n" + "\n".join(lines) + "\n")
+    land(spark, path)
+    rows = bronze_rows(spark)
+    assert [(r.line_number, r.field_count) for r in rows] == [(2, 9), (3, 1), (4, 10), (5, 7), (6, 4), (7, 9)]
+    assert [r.line_number for r in rows if r.raw_line is not None] == [3, 4, 5, 6]
+    assert [r.raw_line for r in rows if r.line_number in (4, 6)] == [lines[2], lines[4]]
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
