@@ -29,11 +29,12 @@ def bronze_rows(spark):
 
 
 def test_every_line_of_the_sample_is_kept_with_its_true_line_number(spark, lake):
+    split_size = spark.conf.get("spark.sql.files.maxPartitionBytes")
     spark.conf.set("spark.sql.files.maxPartitionBytes", str(64 * 1024))  # ~36 splits: numbering must cross them
     try:
         result = land(spark, SAMPLE_EVENTS)
     finally:
-        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+        spark.conf.set("spark.sql.files.maxPartitionBytes", split_size)
     lines = SAMPLE_EVENTS.read_text().split("\n")
     assert result.rows_landed == len(lines) - 1 == 17_435  # every line but the header
     rows = bronze_rows(spark)
