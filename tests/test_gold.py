@@ -16,7 +16,7 @@ from shoplake.catalog import SILVER_EVENTS
 from spark_jobs import bronze, gold, silver
 from spark_jobs.interactions import AsOf, transform_interactions
 from spark_jobs.item_features import transform_item_features
-from spark_jobs.items import transform_items_from_events
+from spark_jobs.items import CATALOG_COLUMNS, transform_catalog, transform_items_from_events
 from spark_jobs.similarity import (
     ContributionMatrix,
     NeighbourRanking,
@@ -343,6 +343,18 @@ def test_item_features_smoothed_rates_and_unique_ranks(spark):
     assert [got[i].popularity_rank for i in (1, 2, 3)] == [1, 2, 3]
     assert [got[i].category_popularity_rank for i in (1, 2, 3)] == [1, 2, 1]  # item 3 has no category
     assert (got[1].distinct_users_30d, got[1].category_l1, got[1].category_l3) == (8, "a", "c")
+
+
+def test_item_features_describe_an_item_as_the_items_table_does(spark):
+    history = events(spark, [ev(1, "view", 1, code="a.b.c", brand="x"), ev(1, "view", 2, code="a.b", brand="y")])
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    schema = ", ".join(f"{c} string" for c in CATALOG_COLUMNS)
+    catalogue = spark.createDataFrame([("1", "Lamp", None, "Home.Lighting", "Lumo", "9.5", None)], schema)
+    items = transform_catalog(catalogue, at).unionByName(transform_items_from_events(history, at).filter("item_id = 2"))
+    got = {r.item_id: r for r in transform_item_features(history, items, AS_OF, prior_strength=10).collect()}
+    catalogued = (got[1].category_code, got[1].category_l1, got[1].category_l2, got[1].brand)
+    assert catalogued == ("home.lighting", "home", "lighting", "lumo")  # not the events' a.b.c and x
+    assert (got[2].category_code, got[2].category_l3, got[2].brand) == ("a.b", None, "y")
 
 
 @pytest.mark.slow
