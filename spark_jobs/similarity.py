@@ -177,8 +177,9 @@ class NeighbourRanking:
         )  # fmt: skip
 
 
-def strongest_items(interactions: DataFrame, user_items: int) -> DataFrame:
-    """(user_id, top): each user's ``user_items`` highest-scored items j with r(u, j) > 0, in rank order."""
+def transform_user_ratings(interactions: DataFrame, user_items: int) -> DataFrame:
+    """(user_id, item_ids, item_scores): each user's ``user_items`` highest-scored items j with r(u, j) > 0, in
+    rank order, and their r(u, j) — the terms the CF formula sums over. ``user_items`` stores them per user."""
     strongest = Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id")
     return (
         interactions.filter(F.col("score") > 0)
@@ -186,14 +187,7 @@ def strongest_items(interactions: DataFrame, user_items: int) -> DataFrame:
         .filter(F.col("position") <= user_items)
         .groupBy("user_id")
         .agg(F.array_sort(F.collect_list(F.struct("position", "item_id", "score"))).alias("top"))
-    )
-
-
-def transform_user_ratings(interactions: DataFrame, user_items: int) -> DataFrame:
-    """(user_id, item_ids, item_scores): each user's ``user_items`` highest-scored items j and r(u, j), the terms
-    the CF formula sums over; users without a positive score have no row. ``user_items`` stores them per user."""
-    return strongest_items(interactions, user_items).select(
-        "user_id", F.col("top.item_id").alias("item_ids"), F.col("top.score").alias("item_scores")
+        .select("user_id", F.col("top.item_id").alias("item_ids"), F.col("top.score").alias("item_scores"))
     )
 
 
