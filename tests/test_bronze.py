@@ -124,7 +124,6 @@ def test_quoted_commas_are_one_field(spark, lake, tmp_path):
     assert (row.category_code, row.field_count, row.raw_line) == ("a,b", 9, None)
 
 
-
 def test_lines_of_the_wrong_length_keep_their_field_count_and_raw_text(spark, lake, tmp_path):
     path = tmp_path / "ragged.csv"
     lines = [
@@ -141,6 +140,7 @@ def test_lines_of_the_wrong_length_keep_their_field_count_and_raw_text(spark, la
     assert [(r.line_number, r.field_count) for r in rows] == [(2, 9), (3, 1), (4, 10), (5, 7), (6, 4), (7, 9)]
     assert [r.line_number for r in rows if r.raw_line is not None] == [3, 4, 5, 6]
     assert [r.raw_line for r in rows if r.line_number in (4, 6)] == [lines[2], lines[4]]
+
 
 @pytest.mark.parametrize(
     ("name", "content", "message"),
