@@ -56,8 +56,11 @@ class Settings(BaseSettings):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     embed_batch_tokens: int = Field(131_072, ge=512, description="Token budget of one GPU batch.")
     embed_cpu_batch_size: int = Field(64, ge=1, description="Rows of one CPU batch (length-sorted).")
+    embed_tokenizer_processes: int | None = Field(
+        None, ge=0, description="Processes tokenising for the GPU; default half the cores (0 = in-process)."
+    )
     embed_compile_min_items: int = Field(
-        50_000, ge=1, description="torch.compile the model for runs this large (compiling takes ~20 s)."
+        50_000, ge=1, description="On CPU, torch.compile the model for runs this large (compiling takes ~20 s)."
     )
     embed_on: Literal["driver", "executors"] = Field(
         "driver", description="driver: one process (the GPU task); executors: one model per Spark executor."

@@ -160,12 +160,14 @@ def run_embed(
             encoder = TextEncoder(
                 spec.path, device=settings.device, batch_tokens=settings.embed_batch_tokens,
                 cpu_batch_size=settings.embed_cpu_batch_size, compile=n_todo >= settings.embed_compile_min_items,
+                tokenizer_processes=settings.embed_tokenizer_processes,
             )  # fmt: skip
             rows = transform_embedding_rows(
                 embed_on_driver(spark, todo, encoder), todo, spec.name, spec.dim, embedded_at
             )
             version = storage.merge_table(rows, ITEM_EMBEDDINGS, run_id=run_id).version
             rate = encoder.last_items_per_second
+            encoder.close()
         todo.unpersist()
     finally:
         texts.unpersist()

@@ -11,7 +11,7 @@ import pytest
 
 from shoplake import storage
 from shoplake.catalog import ITEM_EMBEDDINGS, ITEMS
-from shoplake.encoder import ModelSpec, TextEncoder, default_model_path, pack_batches, resolve_device
+from shoplake.encoder import ModelSpec, TextEncoder, Tokens, default_model_path, pack_batches, resolve_device
 from shoplake.errors import ShoplakeError
 from spark_jobs.embed_items import MAX_DESCRIPTION_CHARS, run_embed, transform_item_texts
 
@@ -98,17 +98,44 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error():
 
 
 def test_batches_respect_the_token_budget_and_cover_every_text_once():
-    ids = [[1] * n for n in (5, 1, 9, 3, 3, 7, 2, 8)]
-    batches = list(pack_batches(ids, 100, max_tokens=16, max_rows=3))
+    rows = [[10 * n + k for k in range(n)] for n in (5, 1, 9, 3, 3, 7, 2, 8)]  # each id names its row and place
+    tokens = Tokens(np.array([len(r) for r in rows], dtype=np.int32), np.concatenate(rows).astype(np.int32))
+    batches = list(pack_batches(tokens, 100, max_tokens=16, max_rows=3))
     positions = np.concatenate([b.positions for b in batches])
     assert sorted(positions.tolist()) == list(range(100, 108))
     for batch in batches:
-        rows, width = batch.input_ids.shape
-        assert rows <= 3 and (rows == 1 or rows * width <= 16)
-        assert batch.attention_mask.sum(axis=1).tolist() == [len(ids[p - 100]) for p in batch.positions]
+        n_rows, width = batch.input_ids.shape
+        assert n_rows <= 3 and (n_rows == 1 or n_rows * width <= 16)
+        for row, position in enumerate(batch.positions):
+            expected = rows[position - 100]
+            assert batch.input_ids[row].tolist() == expected + [0] * (width - len(expected))
+            assert batch.attention_mask[row].tolist() == [1] * len(expected) + [0] * (width - len(expected))
     # length-sorted: each batch's rows are no longer than the next batch's shortest
     widths = [b.input_ids.shape[1] for b in batches]
     assert widths == sorted(widths)
+    assert [len(b.positions) for b in batches] == [3, 2, 2, 1]  # lengths 1,2,3 | 3,5 | 7,8 (2 × 8 = 16) | 9
+
+
+def test_tokenizer_processes_and_small_windows_give_the_same_vectors(tiny_bert, monkeypatch):
+    """The GPU path's machinery, run on the CPU: texts tokenised by a pool of processes in many chunks, packed in
+    several windows, vectors gathered segment by segment — each vector still lands on its own text."""
+    from shoplake import encoder as encoder_module
+
+    texts = [f"item {i} " + "word " * (i % 37) + AWKWARD_TEXTS[i % 5] for i in range(2_500)]
+    reference = TextEncoder(tiny_bert, device="cpu", tokenizer_processes=0)
+    expected = reference.encode(texts)
+    monkeypatch.setattr(encoder_module, "TOKENIZE_CHUNK", 300)
+    monkeypatch.setattr(encoder_module, "PACK_WINDOW", 700)
+    monkeypatch.setattr(encoder_module, "SEGMENT_TEXTS", 1_000)
+    pooled = TextEncoder(tiny_bert, device="cpu", tokenizer_processes=2)
+    try:
+        tokens = pooled.tokenize(texts)
+        assert tokens.lengths.tolist() == reference.tokenize(texts).lengths.tolist()
+        np.testing.assert_array_equal(tokens.ids, reference.tokenize(texts).ids)
+        np.testing.assert_allclose(pooled.encode(texts), expected, atol=1e-5)
+        assert pooled._pool is not None  # the processes did the tokenising
+    finally:
+        pooled.close()
 
 
 def test_embedding_is_incremental(spark, lake):
