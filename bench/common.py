@@ -61,14 +61,19 @@ def _measure_once(case: str, role: str, rows: int, work: Callable[[], Any]) -> M
     return Measurement(case, role, seconds, rows, (peak[0] - start_rss) / 2**20)
 
 
-def report(name: str, measurements: list[Measurement], reference: str, context: dict[str, Any]) -> Path:
-    """Print the table (ratio = case time / reference time) and write bench/results/<name>.json."""
+def report(
+    name: str, measurements: list[Measurement], reference: str, context: dict[str, Any], *, by_rate: bool = False
+) -> Path:
+    """Print the table and write bench/results/<name>.json. The ratio is case time / reference time, or with
+    ``by_rate`` case rows/s ÷ reference rows/s (a speed-up; for cases that measure different numbers of rows)."""
     by_case = {m.case: m for m in measurements}
-    base = by_case[reference].seconds
+    base = by_case[reference]
+    label = ("speed ÷ " if by_rate else "x ") + reference
     print(f"\n{name}  ({', '.join(f'{k}={v}' for k, v in context.items())})")
-    print(f"{'case':<44} {'role':<9} {'seconds':>8} {'rows/s':>12} {'x ' + reference:>16} {'py peak MB':>11}")
+    print(f"{'case':<44} {'role':<9} {'seconds':>8} {'rows/s':>12} {label:>16} {'py peak MB':>11}")
     for m in measurements:
-        print(f"{m.case:<44} {m.role:<9} {m.seconds:>8.2f} {m.rows_per_second:>12,.0f} {m.seconds / base:>16.2f} "
+        ratio = m.rows_per_second / base.rows_per_second if by_rate else m.seconds / base.seconds
+        print(f"{m.case:<44} {m.role:<9} {m.seconds:>8.2f} {m.rows_per_second:>12,.0f} {ratio:>16.2f} "
               f"{m.peak_python_rss_mb:>11.0f}")  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
