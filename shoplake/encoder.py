@@ -112,16 +112,13 @@ class Batch:
     input_ids: np.ndarray  # (rows, width) int32, zero-padded; width = the longest row
     lengths: np.ndarray  # (rows,) int32: tokens of each row, the rest is padding
 
-    @property
-    def attention_mask(self) -> np.ndarray:
-        return (np.arange(self.input_ids.shape[1]) < self.lengths[:, None]).astype(np.int64)
-
 
 def pack_batches(tokens: Tokens, offset: int, *, max_tokens: int, max_rows: int) -> Iterator[Batch]:
     """Length-sorted batches whose padded size (rows × longest row) stays within ``max_tokens``."""
     order = np.argsort(tokens.lengths, kind="stable")
     lengths = tokens.lengths[order]
     starts = (np.cumsum(tokens.lengths, dtype=np.int64) - tokens.lengths)[order]
+    ids = tokens.ids if tokens.ids.size else np.zeros(1, dtype=np.int32)  # texts of no tokens at all: padding only
     begin = 0
     while begin < len(order):
         # Sorted ascending, so rows [begin, begin + k) fit when k × (the k-th length) ≤ max_tokens; that product
@@ -133,7 +130,7 @@ def pack_batches(tokens: Tokens, offset: int, *, max_tokens: int, max_rows: int)
         width = max(int(lengths[begin + rows - 1]), 1)
         columns = np.arange(width)
         real = columns < lengths[chosen, None]
-        input_ids = np.where(real, tokens.ids[np.where(real, starts[chosen, None] + columns, 0)], 0)
+        input_ids = np.where(real, ids[np.where(real, starts[chosen, None] + columns, 0)], 0)
         yield Batch(order[chosen] + offset, input_ids.astype(np.int32, copy=False), lengths[chosen])
         begin += rows
 

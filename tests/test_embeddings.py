@@ -109,11 +109,13 @@ def test_batches_respect_the_token_budget_and_cover_every_text_once():
         for row, position in enumerate(batch.positions):
             expected = rows[position - 100]
             assert batch.input_ids[row].tolist() == expected + [0] * (width - len(expected))
-            assert batch.attention_mask[row].tolist() == [1] * len(expected) + [0] * (width - len(expected))
+            assert batch.lengths[row] == len(expected)
     # length-sorted: each batch's rows are no longer than the next batch's shortest
     widths = [b.input_ids.shape[1] for b in batches]
     assert widths == sorted(widths)
     assert [len(b.positions) for b in batches] == [3, 2, 2, 1]  # lengths 1,2,3 | 3,5 | 7,8 (2 × 8 = 16) | 9
+    empty = Tokens(np.zeros(2, dtype=np.int32), np.zeros(0, dtype=np.int32))  # a tokenizer that adds no specials
+    assert [b.input_ids.tolist() for b in pack_batches(empty, 0, max_tokens=16, max_rows=3)] == [[[0], [0]]]
 
 
 def test_tokenizer_processes_and_small_windows_give_the_same_vectors(tiny_bert, monkeypatch):
