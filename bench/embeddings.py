@@ -11,8 +11,10 @@ On CUDA it also reports tokenisation alone, tokens/s and the share of the measur
 model's FLOPs reach. Ratios are speeds (items/s ÷ the baseline's), so the slow baseline may run on a prefix of the
 texts (``--baseline-items``); the agreement check then covers that prefix.
 
-Run: ``python -m bench.embeddings --items 8000`` (CPU). A GPU machine needs no Spark: build the texts here with
-``--save-texts DIR``, then run there ``--texts DIR --model FOLDER --device cuda``.
+Run: ``python -m bench.embeddings --items 8000`` (CPU). A GPU machine needs no Spark or model package: here,
+``--items 1000000 --save-texts DIR --save-model FOLDER`` writes the texts and a copy of the model with its weights
+stored as fp16 (half the bytes, for a transfer limit; the baseline still runs them in fp32); there,
+``--texts DIR --model FOLDER --device cuda --baseline-items 100000``.
 """
 
 from __future__ import annotations
@@ -74,6 +76,21 @@ def rees46_texts() -> list[str]:
     items = transform_items_from_events(events, dt.datetime.now(dt.UTC))
     rows = transform_item_texts(items).orderBy("item_id").select("text").toArrow()
     return [t for t in rows.column("text").to_pylist() if t]
+
+
+def save_half_precision_model(folder: Path) -> None:
+    """A copy of the bundled model folder whose weights are stored as fp16 (loaded in any precision)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from shoplake.encoder import default_model_path
+
+    source = default_model_path()
+    shutil.copytree(source, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.safetensors"))
+    weights = load_file(source / "model.safetensors")
+    half = {name: w.half() if w.is_floating_point() else w for name, w in weights.items()}
+    save_file(half, folder / "model.safetensors", metadata={"format": "pt"})
 
 
 def min_cosine(ours: np.ndarray, reference: np.ndarray) -> float:
@@ -174,6 +191,7 @@ def main() -> None:
     parser.add_argument("--baseline-items", type=int, help="run the baseline on the first N texts only")
     parser.add_argument("--texts", type=Path, help="read the texts --save-texts wrote instead of building them")
     parser.add_argument("--save-texts", type=Path, help="write the texts (Parquet) to this folder and stop")
+    parser.add_argument("--save-model", type=Path, help="with --save-texts: also write the model, fp16-stored")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     texts = load_texts(args)
@@ -183,6 +201,9 @@ def main() -> None:
             pq.write_table(pa.table({"text": rows}), args.save_texts / f"{name}.parquet", compression="zstd",
                            compression_level=19)  # fmt: skip
         print(f"texts written to {args.save_texts}: " + ", ".join(f"{k} {len(v):,}" for k, v in texts.items()))
+        if args.save_model:
+            save_half_precision_model(args.save_model)
+            print(f"model written to {args.save_model}")
         return
     from shoplake.encoder import default_model_path, resolve_device
 
