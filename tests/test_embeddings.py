@@ -140,6 +140,19 @@ def test_tokenizer_processes_and_small_windows_give_the_same_vectors(tiny_bert, 
         pooled.close()
 
 
+def test_the_gpu_paths_read_ahead_thread_keeps_order_and_passes_errors_on():
+    from shoplake.encoder import _prefetched
+
+    assert list(_prefetched(iter(range(100)), depth=3)) == list(range(100))
+
+    def failing():
+        yield 1
+        raise ValueError("tokenizer broke")
+
+    with pytest.raises(ValueError, match="tokenizer broke"):
+        list(_prefetched(failing()))
+
+
 def test_embedding_is_incremental(spark, lake):
     write_items(spark, [
         item(1, "Lego police station", category_code="kids.toys", brand="lego"),
