@@ -6,8 +6,8 @@ normalises, splits and WordPiece-encodes every word of every text, and builds a 
 texts repeat their words endlessly, so ``WordCache`` pre-tokenises printable-ASCII texts the way BERT does —
 lowercase, split on spaces, each punctuation character a token of its own — and runs the model's WordPiece once
 per distinct word. The ids are the Rust tokenizer's exactly (identical on the GPU benchmark's 1,005,657 texts;
-the tests compare them on product texts and fuzzed ASCII); any other text (non-ASCII, control characters, a literal special token such as
-``[SEP]``) goes through the Rust tokenizer whole.
+the tests compare them on product texts and fuzzed ASCII); any other text (non-ASCII, control characters, a
+literal special token such as ``[SEP]``) goes through the Rust tokenizer whole.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ class WordCache:
         self.wordpiece = tokenizer.model
         self.prefix, self.suffix = prefix, suffix
         self.room = max(max_length - len(prefix) - len(suffix), 0)  # the pieces truncation keeps
-        self.special = [token.content for token in tokenizer.get_added_tokens_decoder().values()]
+        # lower-cased once: in lower-cased ASCII text they are found whether written [SEP] or [sep]
+        self.special = [token.content.lower() for token in tokenizer.get_added_tokens_decoder().values()]
         self.cache: dict[str, list[int]] = {}
 
     @classmethod
@@ -128,7 +129,7 @@ class WordCache:
         if not (text.isascii() and text.isprintable()):
             return None
         lowered = text.lower()
-        if any(token in text or token.lower() in lowered for token in self.special):
+        if any(token in lowered for token in self.special):
             return None
         cache, pieces = self.cache, []
         for word in self.WORDS.findall(lowered):
