@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 TOKENIZE_CHUNK = 2_048  # texts per tokenizer call (one pool task): small enough to keep every process busy
 PACK_WINDOW = 65_536  # texts sorted by length together: wide enough that batches carry almost no padding
+FIRST_PACK_WINDOW = 8_192  # then doubling up to PACK_WINDOW: the GPU's first batches are ready sooner
 SEGMENT_TEXTS = 1 << 21  # texts whose vectors are gathered on the GPU before one copy back (3 GB at dim 384)
 FALLBACK_MAX_SEQ_LENGTH = 512
 
@@ -188,8 +189,18 @@ class TextEncoder:
         """Token ids of ``texts``, in order (the pool's processes when there are enough texts to share out)."""
         return Tokens.concat(list(self._tokenized_chunks(texts)) or [self.tokenizer.tokenize([])])
 
+    def _uses_pool(self, texts: int) -> bool:
+        return self.tokenizer_processes >= 2 and texts > TOKENIZE_CHUNK
+
+    def _start_tokenizer_processes(self) -> None:
+        """Spawn the pool's processes now (the executor spawns one per submitted task, on demand), so that they
+        start and load the tokenizer while this process de-duplicates the texts, not while the GPU waits."""
+        workers = self._tokenizer_pool()
+        for _ in range(self.tokenizer_processes):
+            workers.submit(int)
+
     def _tokenized_chunks(self, texts: Sequence[str]) -> Iterator[Tokens]:
-        if self.tokenizer_processes < 2 or len(texts) <= TOKENIZE_CHUNK:
+        if not self._uses_pool(len(texts)):
             for start in range(0, len(texts), TOKENIZE_CHUNK):
                 yield self.tokenizer.tokenize(texts[start : start + TOKENIZE_CHUNK])
             return
@@ -231,13 +242,15 @@ class TextEncoder:
     def _batches(self, texts: Sequence[str]) -> Iterator[Batch]:
         window: list[Tokens] = []
         offset = rows = 0
+        window_rows = min(FIRST_PACK_WINDOW, PACK_WINDOW)
         for tokens in self._tokenized_chunks(texts):
             window.append(tokens)
             rows += len(tokens)
-            if rows >= PACK_WINDOW:
+            if rows >= window_rows:
                 yield from pack_batches(Tokens.concat(window), offset, max_tokens=self.batch_tokens,
                                         max_rows=self.max_rows)  # fmt: skip
                 window, offset, rows = [], offset + rows, 0
+                window_rows = min(2 * window_rows, PACK_WINDOW)
         if window:
             yield from pack_batches(Tokens.concat(window), offset, max_tokens=self.batch_tokens, max_rows=self.max_rows)
 
@@ -247,6 +260,8 @@ class TextEncoder:
         Identical texts are embedded once (catalogues repeat them: REES46 items are often just brand + category)."""
         import torch
 
+        if self._uses_pool(len(texts)):
+            self._start_tokenizer_processes()
         slot: dict[str, int] = {}
         inverse = np.fromiter((slot.setdefault(t, len(slot)) for t in texts), dtype=np.int64, count=len(texts))
         distinct = list(slot)

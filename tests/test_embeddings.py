@@ -128,6 +128,7 @@ def test_tokenizer_processes_and_small_windows_give_the_same_vectors(tiny_bert, 
     reference = TextEncoder(tiny_bert, device="cpu", tokenizer_processes=0)
     expected = reference.encode(texts)
     monkeypatch.setattr(encoder_module, "TOKENIZE_CHUNK", 300)
+    monkeypatch.setattr(encoder_module, "FIRST_PACK_WINDOW", 200)  # each segment: windows of 300, 600, 100
     monkeypatch.setattr(encoder_module, "PACK_WINDOW", 700)
     monkeypatch.setattr(encoder_module, "SEGMENT_TEXTS", 1_000)
     pooled = TextEncoder(tiny_bert, device="cpu", tokenizer_processes=2)
