@@ -22,6 +22,7 @@ import os
 import urllib.parse
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
@@ -249,7 +250,8 @@ def land_event_files(
     """Append new files to bronze in one commit; files already landed (same checksum) are skipped."""
     if not paths:
         raise InputError("no events files given")
-    files = [inspect_event_file(p) for p in paths]
+    with ThreadPoolExecutor(os.cpu_count() or 1) as checks:  # SHA-256 releases the GIL: the files hash in parallel
+        files = list(checks.map(inspect_event_file, paths))
     unique = list({f.checksum: f for f in files}.values())
     checksums = tuple(f.checksum for f in unique)
     landed = already_landed(spark, [f.checksum for f in unique])
