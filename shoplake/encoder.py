@@ -260,7 +260,7 @@ class TextEncoder:
         Identical texts are embedded once (catalogues repeat them: REES46 items are often just brand + category)."""
         import torch
 
-        if self._uses_pool(len(texts)):
+        if len(texts) >= PACK_WINDOW and self._uses_pool(len(texts)):  # smaller: may de-duplicate to no pool work
             self._start_tokenizer_processes()
         slot: dict[str, int] = {}
         inverse = np.fromiter((slot.setdefault(t, len(slot)) for t in texts), dtype=np.int64, count=len(texts))
