@@ -14,6 +14,7 @@ Both call the same ``TextEncoder``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -162,12 +163,11 @@ def run_embed(
                 cpu_batch_size=settings.embed_cpu_batch_size, compile=n_todo >= settings.embed_compile_min_items,
                 tokenizer_processes=settings.embed_tokenizer_processes,
             )  # fmt: skip
-            rows = transform_embedding_rows(
-                embed_on_driver(spark, todo, encoder), todo, spec.name, spec.dim, embedded_at
-            )
+            with contextlib.closing(encoder):  # its tokenizer processes stop once the vectors exist, or on an error
+                vectors = embed_on_driver(spark, todo, encoder)
+            rows = transform_embedding_rows(vectors, todo, spec.name, spec.dim, embedded_at)
             version = storage.merge_table(rows, ITEM_EMBEDDINGS, run_id=run_id).version
             rate = encoder.last_items_per_second
-            encoder.close()
         todo.unpersist()
     finally:
         texts.unpersist()
