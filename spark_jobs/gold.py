@@ -7,10 +7,12 @@ into an earlier silver date are picked up by the next gold run, whose history wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyspark import StorageLevel
@@ -61,6 +63,7 @@ class GoldResult:
     versions: dict[str, int]  # per gold table, the Delta version written
     matrix: dict[str, int]  # users, items and nonzeros of the exported interaction matrix
     matrix_dir: Path
+    seconds: dict[str, float] = field(default_factory=dict)  # per table and the export: building and writing it
 
 
 def read_history(spark: SparkSession, as_of: AsOf, history_days: int, sample_fraction: float = 1.0) -> DataFrame:
@@ -94,6 +97,7 @@ def run_gold(
     partition = [{"as_of_date": as_of_date}]
     rows: dict[str, int] = {}
     versions: dict[str, int] = {}
+    seconds: dict[str, float] = {}
 
     def write(df: DataFrame, table: TableSpec) -> DataFrame:
         # one as_of_date per run: every task's rows share the partition value already, so nothing is rebalanced
@@ -103,42 +107,61 @@ def run_gold(
         rows[table.name], versions[table.name] = written.rows, written.version
         return storage.read_table(spark, table).filter(F.col("as_of_date") == as_of_date)
 
+    @contextlib.contextmanager
+    def timed(name: str) -> Iterator[None]:
+        """Wall time of building and writing one table: its eager parts (quantiles, shipped matrices) included."""
+        began = time.perf_counter()
+        yield
+        seconds[name] = time.perf_counter() - began
+
     # Not cached: re-reading silver's Parquet is cheap, and cached blocks would hold back the memory that the
     # basket-pair aggregation needs to spill at ten million events.
     if not 0 < sample_fraction <= 1:
         raise ShoplakeError(f"sample fraction must be in (0, 1], got {sample_fraction}")
     events = read_history(spark, as_of, settings.history_days, sample_fraction)
-    items.refresh_items_from_events(spark, events, run_id=run_id, updated_at=computed_at)
-    interactions = write(
-        transform_interactions(events, as_of, settings.event_weights, settings.half_life_days), INTERACTIONS
-    )
+    with timed(ITEMS.name):
+        items.refresh_items_from_events(spark, events, run_id=run_id, updated_at=computed_at)
+    with timed(INTERACTIONS.name):
+        interactions = write(
+            transform_interactions(events, as_of, settings.event_weights, settings.half_life_days), INTERACTIONS
+        )
     # Cached: the per-item basket counts and the pair counting both read baskets (a window over every event), and
     # Spark does not share the scans between two jobs.
-    baskets = baskets_of(events, settings).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        similarity = write(item_similarity_of(baskets, as_of, settings), ITEM_SIMILARITY)
-    finally:
-        baskets.unpersist()
-    write(transform_item_neighbors(similarity, as_of), ITEM_NEIGHBORS)
-    user_items = write(
-        transform_user_items(interactions, as_of, user_items=settings.cf_user_items, bought_items=BOUGHT_ITEMS_KEPT),
-        USER_ITEMS,
-    )
-    write(cf_recommendations_of(user_items, interactions, similarity, as_of, settings), CF_RECOMMENDATIONS)
-    write(transform_user_features(events, as_of), USER_FEATURES)
-    item_features = write(
-        transform_item_features(
-            events, storage.read_table(spark, ITEMS), as_of, prior_strength=settings.rate_prior_strength
-        ),
-        ITEM_FEATURES,
-    )
-    write(transform_category_popular(item_features, as_of, keep=settings.popular_items_kept), CATEGORY_POPULAR)
+    with timed(ITEM_SIMILARITY.name):
+        baskets = baskets_of(events, settings).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            similarity = write(item_similarity_of(baskets, as_of, settings), ITEM_SIMILARITY)
+        finally:
+            baskets.unpersist()
+    with timed(ITEM_NEIGHBORS.name):
+        write(transform_item_neighbors(similarity, as_of), ITEM_NEIGHBORS)
+    with timed(USER_ITEMS.name):
+        user_items = write(
+            transform_user_items(
+                interactions, as_of, user_items=settings.cf_user_items, bought_items=BOUGHT_ITEMS_KEPT
+            ),
+            USER_ITEMS,
+        )
+    with timed(CF_RECOMMENDATIONS.name):
+        write(cf_recommendations_of(user_items, interactions, similarity, as_of, settings), CF_RECOMMENDATIONS)
+    with timed(USER_FEATURES.name):
+        write(transform_user_features(events, as_of), USER_FEATURES)
+    with timed(ITEM_FEATURES.name):
+        item_features = write(
+            transform_item_features(
+                events, storage.read_table(spark, ITEMS), as_of, prior_strength=settings.rate_prior_strength
+            ),
+            ITEM_FEATURES,
+        )
+    with timed(CATEGORY_POPULAR.name):
+        write(transform_category_popular(item_features, as_of, keep=settings.popular_items_kept), CATEGORY_POPULAR)
     out = matrix_dir(settings, as_of_date)
-    matrix = export_matrix(interactions, out)
+    with timed("interaction_matrix"):
+        matrix = export_matrix(interactions, out)
     record_metrics(spark, run_id, "gold", {f"{name}_rows": count for name, count in rows.items()},
                    recorded_at=computed_at, run_date=as_of_date)  # fmt: skip
-    log.info("gold as of %s: %s", as_of_date, rows)
-    return GoldResult(as_of_date, rows, versions, matrix, out)
+    log.info("gold as of %s: %s in %s s", as_of_date, rows, {name: round(s, 1) for name, s in seconds.items()})
+    return GoldResult(as_of_date, rows, versions, matrix, out, seconds)
 
 
 def baskets_of(events: DataFrame, settings: Settings) -> DataFrame:
