@@ -84,6 +84,40 @@ def test_small_files_that_share_a_split_are_numbered_each_from_its_own_header(sp
     assert got == {(str(paths[n]), k + 2, f"{n}{k}") for n in range(3) for k in range(n + 2)}
 
 
+def test_splits_of_one_day_are_written_as_read_and_splits_mixing_days_are_rebalanced_by_date(spark, lake, tmp_path):
+    def write(name, dates):
+        path = tmp_path / name
+        path.write_text("\n".join([HEADER, *(ROW.replace("2019-10-01", d) for _ in range(100) for d in dates)]) + "\n")
+        return bronze.inspect_event_file(str(path))
+
+    by_day = [write(f"{d}.csv", [d]) for d in ("2019-10-01", "2019-10-02")]
+    mixed = write("mixed.csv", ["2019-10-03", "2019-10-04"])
+    gzipped = tmp_path / "mixed.csv.gz"
+    gzipped.write_bytes(gzip.compress((tmp_path / "mixed.csv").read_bytes()))
+    jsonl = tmp_path / "day.jsonl"
+    jsonl.write_text(json.dumps(dict(zip(RAW_EVENT_COLUMNS, ROW.split(","), strict=True))) + "\n")
+    split_size = spark.conf.get("spark.sql.files.maxPartitionBytes")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(4 * 1024))  # each file in several splits
+    try:
+
+        def one_day_each(files):
+            return bronze.split_offsets(bronze.read_lines(spark, files), files).one_day_each
+
+        assert one_day_each(by_day) is True
+        assert one_day_each([*by_day, mixed]) is False
+        assert one_day_each([bronze.inspect_event_file(str(gzipped))]) is False  # one split, two days
+        assert one_day_each([bronze.inspect_event_file(str(jsonl))]) is False  # no leading time: not known
+        land(spark, mixed.path)
+    finally:
+        spark.conf.set("spark.sql.files.maxPartitionBytes", split_size)
+    written = (
+        storage.read_table(spark, "bronze_events")
+        .groupBy("event_date")
+        .agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("_metadata.file_path").alias("files"))
+    )
+    assert sorted((r.event_date.day, r.rows, r.files) for r in written.collect()) == [(3, 100, 1), (4, 100, 1)]
+
+
 def test_provenance_and_parsed_event_date(spark, lake, tmp_path):
     path = tmp_path / "day.csv"
     path.write_text(f"{HEADER}\n{ROW}\nnot-a-time,view,1,2,,,1.0,3,s\n")
