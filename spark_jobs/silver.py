@@ -237,20 +237,22 @@ def transform_flag_bots(kept: DataFrame, window_seconds: int, max_events: int) -
 def transform_sessionize(by_day: DataFrame, gap_minutes: float) -> DataFrame:
     """``session_id``: the shop's ``user_session`` when present; otherwise a new session starts with the user's
     first event of the day and after every ``gap_minutes`` of inactivity, named by a hash of the user and the
-    session's first event time (stable)."""
+    session's first event time (stable).
+
+    Only the rows without a ``user_session`` are sorted into the inactivity window: a shop that names its sessions
+    (REES46 does, for every row) pays no sort at all (sorting every row was an eighth of silver's time)."""
+    named = by_day.filter(F.col("user_session").isNotNull()).withColumn("session_id", F.col("user_session"))
+    unnamed = by_day.filter(F.col("user_session").isNull())
     # the partition columns are real columns, so both windows share one sort (a computed key is sorted twice)
-    by_user = Window.partitionBy("event_date", "day_shard", "user_id", "_missing").orderBy("event_time", "event_id")
+    by_user = Window.partitionBy("event_date", "day_shard", "user_id").orderBy("event_time", "event_id")
     gap = _seconds(F.col("event_time")) - _seconds(F.lag("event_time").over(by_user))
-    flagged = by_day.withColumn("_missing", F.col("user_session").isNull()).withColumn(
-        "_starts", gap.isNull() | (gap > gap_minutes * 60)
-    )
+    flagged = unnamed.withColumn("_starts", gap.isNull() | (gap > gap_minutes * 60))
     so_far = by_user.rowsBetween(Window.unboundedPreceding, 0)
     first_time = F.max(F.when(F.col("_starts"), F.col("event_time"))).over(so_far)  # times only grow: the latest start
     derived = F.concat(
         F.lit("gap-"), F.md5(F.concat_ws("|", F.col("user_id").cast("string"), first_time.cast("string")))
     )
-    sessions = flagged.withColumn("session_id", F.when(F.col("_missing"), derived).otherwise(F.col("user_session")))
-    return sessions.drop("_missing", "_starts")
+    return named.unionByName(flagged.withColumn("session_id", derived).drop("_starts"))
 
 
 def transform_silver(kept: DataFrame, files: DataFrame, rules: SilverRules, processed_at: dt.datetime) -> DataFrame:
