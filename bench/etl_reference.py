@@ -8,6 +8,8 @@ sessions with the inactivity fallback, bot days left out) and builds each gold t
 ``cf_recommendations``, ``user_features``, ``item_features``, ``category_popular`` — with the same settings, then
 writes each to Parquet. It keeps no bronze or silver table, no provenance, quarantine or reconciliation, and
 writes no Delta log: a floor under the pipeline's work, in plain SQL as DuckDB would be used for it.
+Event times are read in REES46's format only (the generated shops and the sample use it; the pipeline also
+reads ISO-8601).
 
 Each step is timed on its own, so a reader sees where DuckDB's time goes; ``checks`` are what the benchmark
 compares with the pipeline's tables before it reports any time.
