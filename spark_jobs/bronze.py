@@ -143,7 +143,7 @@ def split_offsets(lines: DataFrame, files: Sequence[EventFile]) -> Splits:
     event time; the header and JSON lines begin otherwise). When every split holds one such prefix — logs cut per
     day, as shops write them — each task's rows share their ``event_date`` (bar times with an offset across
     midnight, or unparseable ones), so bronze is written without rebalancing rows by date: the shuffle of every
-    raw field was a quarter of landing ten million events."""
+    raw field was a fifth of landing ten million events."""
     value = F.col("value")
     day_prefix = F.when(F.substring(value, 1, 1).between("0", "9"), F.substring(value, 1, 10))
     splits = lines.groupBy("file_uri", "block_start").agg(
