@@ -2,9 +2,11 @@
 -- Each '-- step:' line starts a step that is timed on its own; ${name} placeholders come from etl_reference._parameters.
 
 -- step: read CSV
+-- A line with the wrong number of fields, which silver quarantines (wrong_column_count), is dropped by the reader.
 CREATE OR REPLACE TEMP TABLE raw AS SELECT * FROM read_csv(${files}, header = true, all_varchar = true, ignore_errors = true);
 
 -- step: typing and rules
+-- The rows silver keeps: none of its quarantine rules broken. A view keeps no non-positive price.
 CREATE OR REPLACE TEMP TABLE typed AS
 SELECT * FROM (
   SELECT try_strptime(trim(event_time), '%Y-%m-%d %H:%M:%S UTC') AS event_time, ${event_type} AS event_type,
@@ -18,6 +20,8 @@ WHERE event_time IS NOT NULL AND event_time <= TIMESTAMP '${latest}' AND user_id
   AND NOT (event_type IN ('cart', 'purchase') AND (raw_price IS NULL OR raw_price <= 0));
 
 -- step: duplicates and repeats
+-- Exact duplicates fold in DISTINCT; a row within the repeat window of the previous one of the same user, item and
+-- type that day is collapsed.
 CREATE OR REPLACE TEMP TABLE deduped AS
 SELECT * EXCLUDE (previous) FROM (
   SELECT *, lag(event_time) OVER (PARTITION BY user_id, product_id, event_type, CAST(event_time AS DATE)
@@ -28,6 +32,8 @@ SELECT * EXCLUDE (previous) FROM (
 WHERE previous IS NULL OR (epoch_us(event_time) - epoch_us(previous)) / 1e6 > ${repeat_seconds};
 
 -- step: sessions and bots
+-- The shop's session id, else a new session after the inactivity gap (per user and day). Gold reads the history
+-- window's events of user days that never exceed the bot rate in one window.
 CREATE OR REPLACE TEMP TABLE silver AS
 SELECT *, user_session AS session_id FROM deduped WHERE user_session IS NOT NULL
 UNION ALL
@@ -119,6 +125,7 @@ LEFT JOIN (SELECT user_id, list(item_id ORDER BY item_id) AS bought_item_ids FRO
            GROUP BY user_id) b USING (user_id);
 
 -- step: cf recommendations
+-- score(u, i) = sum over j of w_ij * r(u, j), each j reaching at most max_contributions items i; bought items excluded.
 CREATE OR REPLACE TEMP TABLE cf_recommendations AS
 WITH contributions AS (
   SELECT item_id, neighbor_item_id, weight FROM item_similarity
