@@ -29,7 +29,7 @@ import psutil
 from pyspark.sql import functions as F
 
 from bench.common import Measurement, report
-from bench.etl_reference import run_reference
+from bench.etl_reference import CHECKED_SUMS, run_reference
 
 DAYS = 30
 INGESTED_AT = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -100,26 +100,19 @@ def run_shoplake(event_files: list[str], as_of: dt.date) -> PipelineRun:
 
 
 def pipeline_checks(spark, as_of: dt.date, matrix_dir: Path) -> dict[str, tuple[int, float]]:
-    """``etl_reference.CHECKS`` on the pipeline's tables as of ``as_of``: rows and a sum of values per table."""
+    """``etl_reference.CHECKED_SUMS`` on the pipeline's tables as of ``as_of``: rows and a sum of values per table."""
     from shoplake import storage
     from shoplake.catalog import SILVER_EVENTS, TABLES
 
-    checks = {"silver_events": (storage.read_table(spark, SILVER_EVENTS).count(), 0.0)}
+    sources = {"silver_events": storage.read_table(spark, SILVER_EVENTS),
+               "matrix_nonzeros": spark.read.parquet(str(matrix_dir / "coo"))}  # fmt: skip
+    checks = {}
     for table, total in CHECKED_SUMS.items():
-        frame = storage.read_table(spark, TABLES[table])
+        frame = sources[table] if table in sources else storage.read_table(spark, TABLES[table])
         if "as_of_date" in frame.columns:
             frame = frame.filter(F.col("as_of_date") == as_of)
         checks[table] = _count_and_sum(frame, total)
-    checks["matrix_nonzeros"] = _count_and_sum(spark.read.parquet(str(matrix_dir / "coo")), "score")
     return checks
-
-
-# per table, the sum etl_reference.CHECKS computes (None: rows alone)
-CHECKED_SUMS = {
-    "items": None, "interactions": "score", "item_similarity": "weight", "item_neighbors": None,
-    "user_items": "size(item_ids)", "cf_recommendations": "score", "user_features": "monetary",
-    "item_features": "views_30d + carts_30d + purchases_30d", "category_popular": "size(item_ids)",
-}  # fmt: skip
 
 
 def _count_and_sum(frame, total: str | None) -> tuple[int, float]:
@@ -205,14 +198,13 @@ def main() -> None:
             pipeline = run_shoplake(files, as_of)
         with PeakMemory() as duck_memory:
             reference = run_reference(files, as_of, INGESTED_AT, get_settings(), work / "duckdb")
-        stages = pipeline.seconds
         differences = disagreements(pipeline.checks, reference.checks)
         if differences:  # the two implementations must agree before their speed means anything
             raise SystemExit("shoplake and the DuckDB reference disagree:\n  " + "\n  ".join(differences))
-        total, duck_seconds = sum(stages.values()), sum(reference.seconds.values())
+        total, duck_seconds = sum(pipeline.seconds.values()), sum(reference.seconds.values())
         measurements = [
             Measurement(f"shoplake {stage}", "shoplake", seconds, size, spark_memory.python_mb)
-            for stage, seconds in stages.items()
+            for stage, seconds in pipeline.seconds.items()
         ]
         measurements.append(Measurement("shoplake bronze→gold total", "shoplake", total, size, spark_memory.python_mb))
         measurements.append(Measurement(REFERENCE, "baseline", duck_seconds, size, duck_memory.python_mb))
