@@ -7,8 +7,9 @@ category only, many texts repeat — the real case). The baseline is sentence-tr
 reported on its own row; on a GPU the encoder stays eager). Every case must agree with the baseline: cosine
 ≥ 0.999 per item on CPU, ≥ 0.99 in bf16 on a GPU, or the run fails.
 
-On CUDA it also reports tokenisation alone, tokens/s and the share of the measured bf16 matmul ceiling that the
-model's FLOPs reach. Ratios are speeds (items/s ÷ the baseline's), so the slow baseline may run on a prefix of the
+Each shoplake case also reports how long its model loop waited for batches: on a GPU, the time when tokenisation
+or packing (the read-ahead thread) and not the model was the bottleneck. On CUDA it also reports tokenisation
+alone, tokens/s and the share of the measured bf16 matmul ceiling that the model's FLOPs reach. Ratios are speeds (items/s ÷ the baseline's), so the slow baseline may run on a prefix of the
 texts (``--baseline-items``); the agreement check then covers that prefix.
 
 Run: ``python -m bench.embeddings --items 8000`` (CPU). A GPU machine needs no Spark or model package: here,
@@ -151,6 +152,7 @@ def run_case(
         measure(f"{name}: shoplake eager", "shoplake", len(texts), lambda: out.append(eager.encode(texts)), repeat=1)
     )
     cosines = {"eager": min_cosine(out[-1][: len(baseline_texts)], reference[0])}
+    waits = {"eager": (eager.last_wait_seconds, results[-1].seconds)}
     if compile_large:
         compiled = TextEncoder(model, device=device, compile=True)
         results.append(measure(f"{name}: shoplake compile (one-off)", "shoplake", len(warmup),
@@ -158,11 +160,15 @@ def run_case(
         results.append(measure(f"{name}: shoplake compiled", "shoplake", len(texts),
                                lambda: out.append(compiled.encode(texts)), repeat=1))  # fmt: skip
         cosines["compiled"] = min_cosine(out[-1][: len(baseline_texts)], reference[0])
+        waits["compiled"] = (compiled.last_wait_seconds, results[-1].seconds)
         compiled.close()
     for path, cosine in cosines.items():
         print(f"{name}: min cosine to sentence-transformers over {len(baseline_texts):,} texts, {path}: {cosine:.6f}")
         if cosine < tolerance:
             raise SystemExit(f"{name} {path}: cosine {cosine:.6f} below {tolerance}: results do not count")
+    waiting = "the read-ahead thread was behind" if device == "cuda" else "tokenising and packing in-process"
+    for path, (waited, seconds) in waits.items():
+        print(f"{name}: shoplake {path} waited {waited:.2f} s of its {seconds:.2f} s for batches ({waiting})")
     if device == "cuda":
         eager_seconds = next(m.seconds for m in results if m.case.endswith("eager"))
         flops = model_flops(eager, texts)

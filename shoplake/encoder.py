@@ -180,6 +180,7 @@ class TextEncoder:
         self._pool: ProcessPoolExecutor | None = None
         self.tokens_seen = 0
         self.last_items_per_second = 0.0
+        self.last_wait_seconds = 0.0  # of the last encode: the model's loop waiting for its next batch
 
     @property
     def name(self) -> str:
@@ -273,6 +274,7 @@ class TextEncoder:
                 self._encode_into(torch.from_numpy(unique[start : start + len(segment)]), segment, throughput)
         throughput.close()
         self.last_items_per_second = throughput.items_per_second
+        self.last_wait_seconds = throughput.waited
         return unique if len(distinct) == len(texts) else unique[inverse]
 
     def _encode_into(self, host: torch.Tensor, texts: list[str], throughput: Throughput) -> None:
@@ -282,7 +284,7 @@ class TextEncoder:
 
         out = host if self.device == "cpu" else torch.empty(host.shape, dtype=host.dtype, device=self.device)
         batches = _prefetched(self._batches(texts)) if self.device == "cuda" else self._batches(texts)
-        for batch in batches:
+        for batch in _waited_for(batches, throughput):
             out[self._to_device(batch.positions)] = self._forward(batch)
             self.tokens_seen += int(batch.lengths.sum())
             throughput.update(len(batch.positions))
@@ -356,6 +358,19 @@ def _prefetched(batches: Iterator[Batch], depth: int = 8) -> Iterator[Batch]:
         yield item
 
 
+def _waited_for(batches: Iterator[Batch], throughput: Throughput) -> Iterator[Batch]:
+    """``batches``, adding the time the model's loop waits for each to ``throughput.waited``: on a GPU the time
+    the read-ahead thread was behind (tokenisation or packing is the bottleneck, not the model); on the CPU the
+    in-process tokenisation and packing."""
+    while True:
+        began = time.perf_counter()
+        batch = next(batches, None)
+        throughput.waited += time.perf_counter() - began
+        if batch is None:
+            return
+        yield batch
+
+
 class Throughput:
     """A progress bar with items/s (tqdm, on a terminal) and a log line at the end either way."""
 
@@ -368,6 +383,7 @@ class Throughput:
             total=distinct, unit=" texts", unit_scale=True, desc="embedding", disable=None if enabled else True
         )
         self.items_per_second = 0.0
+        self.waited = 0.0  # seconds the model's loop waited for batches (see ``_waited_for``)
 
     def update(self, done: int) -> None:
         self.bar.update(done)
@@ -377,8 +393,9 @@ class Throughput:
         seconds = time.perf_counter() - self.started
         self.items_per_second = self.items / seconds if seconds > 0 else math.inf
         if self.items:
-            log.info("embedded %s items (%s distinct texts) in %.1f s: %.0f items/s", f"{self.items:,}",
-                     f"{self.distinct:,}", seconds, self.items_per_second)  # fmt: skip
+            log.info("embedded %s items (%s distinct texts) in %.1f s: %.0f items/s; %.1f s of it waiting for "
+                     "batches", f"{self.items:,}", f"{self.distinct:,}", seconds, self.items_per_second,
+                     self.waited)  # fmt: skip
 
 
 @contextlib.contextmanager

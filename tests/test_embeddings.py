@@ -155,6 +155,23 @@ def test_the_gpu_paths_read_ahead_thread_keeps_order_and_passes_errors_on():
         list(_prefetched(failing()))
 
 
+def test_the_models_wait_for_batches_is_measured():
+    """The wait reported per run is the time spent getting batches, not the time spent using them."""
+    import time
+
+    from shoplake.encoder import Throughput, _waited_for
+
+    def slow_batches():
+        for n in range(4):
+            time.sleep(0.05)
+            yield n
+
+    throughput = Throughput(4, 4, enabled=False)
+    for _ in _waited_for(slow_batches(), throughput):
+        time.sleep(0.1)  # the model's work: not counted
+    assert 0.2 <= throughput.waited < 0.35
+
+
 def test_embedding_is_incremental(spark, lake):
     write_items(spark, [
         item(1, "Lego police station", category_code="kids.toys", brand="lego"),
