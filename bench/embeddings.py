@@ -9,8 +9,9 @@ reported on its own row; on a GPU the encoder stays eager). Every case must agre
 
 Each shoplake case also reports how long its model loop waited for batches: on a GPU, the time when tokenisation
 or packing (the read-ahead thread) and not the model was the bottleneck. On CUDA it also reports tokenisation
-alone, tokens/s and the share of the measured bf16 matmul ceiling that the model's FLOPs reach. Ratios are speeds (items/s ÷ the baseline's), so the slow baseline may run on a prefix of the
-texts (``--baseline-items``); the agreement check then covers that prefix.
+alone, tokens/s and the share of the measured bf16 matmul ceiling that the model's FLOPs reach. Ratios are speeds
+(items/s ÷ the baseline's), so the slow baseline may run on a prefix of the texts (``--baseline-items``); the
+agreement check then covers that prefix.
 
 Run: ``python -m bench.embeddings --items 8000`` (CPU). A GPU machine needs no Spark or model package: here,
 ``--items 1000000 --save-texts DIR --save-model FOLDER`` writes the texts and a copy of the model with its weights

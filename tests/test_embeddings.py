@@ -169,7 +169,7 @@ def test_the_models_wait_for_batches_is_measured():
     throughput = Throughput(4, 4, enabled=False)
     for _ in _waited_for(slow_batches(), throughput):
         time.sleep(0.1)  # the model's work: not counted
-    assert 0.2 <= throughput.waited < 0.35
+    assert 0.2 <= throughput.waited < 0.5  # 0.6 and more had the model's 0.4 s been counted
 
 
 def test_embedding_is_incremental(spark, lake):
