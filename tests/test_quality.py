@@ -176,17 +176,25 @@ def prepared(spark, dataset, mutate=lambda rows: rows):
     return kg_edges.prepare(df(ED, mutate(edge_rows())), nodes=df(N, node_rows())), kg_edges.suite
 
 
+def validated(df, suite):
+    """Run the suite as ``gate.audit`` does: the prepared rows cached across GX's metric jobs, so each job does
+    not rebuild the preparing joins (3-4x faster here)."""
+    df = df.cache()
+    try:
+        return run_suite(df, suite)
+    finally:
+        df.unpersist()
+
+
 @pytest.mark.parametrize("dataset", ["silver", "interactions", "users", "items", "embeddings", "nodes", "edges"])
 def test_valid_data_passes(spark, dataset):
-    df, suite = prepared(spark, dataset)
-    outcome = run_suite(df, suite)
+    outcome = validated(*prepared(spark, dataset))
     assert outcome.passed and not outcome.failures("warning"), [o.describe() for o in outcome.failures("critical")]
 
 
 @pytest.mark.parametrize(("dataset", "defect", "mutate", "expected"), DEFECTS, ids=[f"{d[0]}: {d[1]}" for d in DEFECTS])
 def test_each_critical_expectation_catches_its_defect(spark, dataset, defect, mutate, expected):
-    df, suite = prepared(spark, dataset, mutate)
-    outcome = run_suite(df, suite)
+    outcome = validated(*prepared(spark, dataset, mutate))
     failed = {
         (o.expectation, o.column if not isinstance(o.column, list) else tuple(o.column))
         for o in outcome.failures("critical")
