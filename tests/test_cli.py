@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from shoplake.catalog import TABLES
@@ -9,6 +10,33 @@ from shoplake.cli import app
 from tests.conftest import SAMPLE_EVENTS
 
 runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def sample_pipeline(spark, tmp_path_factory):
+    """One ``shoplake pipeline`` run on the sample (about 100 s), shared: one test reads what it printed, the next
+    reruns stages on the lake it left. Yields the lake's home and the run's result."""
+    from shoplake.settings import get_settings
+
+    home = tmp_path_factory.mktemp("pipeline") / "home"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SHOPLAKE_HOME", str(home))
+        get_settings.cache_clear()
+        yield home, runner.invoke(app, ["pipeline", "--events", str(SAMPLE_EVENTS)])
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def pipeline_lake(sample_pipeline, monkeypatch):
+    """The shared pipeline's lake as this test's SHOPLAKE_HOME."""
+    from shoplake.settings import get_settings
+
+    home, result = sample_pipeline
+    assert result.exit_code == 0, result.output
+    monkeypatch.setenv("SHOPLAKE_HOME", str(home))
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
 
 
 def test_generate_then_ingest_a_folder_and_list_tables(spark, lake, tmp_path):
@@ -27,9 +55,8 @@ def test_generate_then_ingest_a_folder_and_list_tables(spark, lake, tmp_path):
     assert "(not written yet)" in next(line for line in result.output.splitlines() if line.startswith("kg_edges"))
 
 
-def test_pipeline_on_the_sample_fills_every_stage_and_prints_where_outputs_are(spark, lake):
-    result = runner.invoke(app, ["pipeline", "--events", str(SAMPLE_EVENTS)])
-    assert result.exit_code == 0, result.output
+def test_pipeline_on_the_sample_fills_every_stage_and_prints_where_outputs_are(sample_pipeline, pipeline_lake):
+    lake, result = pipeline_lake, sample_pipeline[1]
     assert f"lake (Delta tables): {lake / 'lake'}" in result.output
     assert "bronze_events: 17,435 rows from 1 new files" in result.output
     assert (
@@ -51,9 +78,8 @@ def test_pipeline_on_the_sample_fills_every_stage_and_prints_where_outputs_are(s
 
 
 def test_embed_and_kg_commands_rerun_incrementally_and_a_failed_gate_keeps_the_last_good_version(
-    spark, lake, monkeypatch
+    spark, pipeline_lake, monkeypatch
 ):
-    assert runner.invoke(app, ["pipeline", "--events", str(SAMPLE_EVENTS)]).exit_code == 0
     result = runner.invoke(app, ["embed"])
     assert result.exit_code == 0, result.output
     assert ": 0 items embedded, 5,657 unchanged" in result.output
