@@ -84,16 +84,9 @@ def audit(
     run_date: dt.date | None = None,
 ) -> AuditResult:
     """Validate ``version`` of the table; record the outcome; build its page in the Data Docs."""
-    from pyspark import StorageLevel
-
     df = check.prepare(storage.read_table(spark, check.table, version=version))
-    if check.cache:
-        df = df.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        outcome = run_suite(df, check.suite, docs_dir=data_docs_dir(), run_name=run_id, keys=list(check.table.keys))
-    finally:
-        if check.cache:
-            df.unpersist()
+    outcome = run_suite(df, check.suite, docs_dir=data_docs_dir(), run_name=run_id, keys=list(check.table.keys),
+                        cache=check.cache)  # fmt: skip
     result = AuditResult(check.table.name, version, outcome)
     record_metrics(
         spark, run_id, "quality", {check.table.name: 1.0 if outcome.passed else 0.0},

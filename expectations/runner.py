@@ -2,7 +2,8 @@
 table is never collected to pandas. Each expectation carries GX's own ``severity``: a failed critical one fails
 the suite, a failed warning is reported and the suite still passes.
 
-GX's own caching of the batch is off (``persist=False``): the caller knows whether caching pays (``gate.Audit``).
+GX's own caching of the batch is off (``persist=False``): the caller knows whether caching pays and says so with
+``cache`` (``gate.Audit``).
 
 With ``docs_dir`` the validation runs as a GX Checkpoint in a file-backed context (``$SHOPLAKE_HOME/gx``), so its
 result is stored and rendered into the Data Docs site at ``docs_dir``; without, in a throwaway context.
@@ -75,19 +76,31 @@ def run_suite(
     context_root: Path | None = None,
     run_name: str | None = None,
     keys: list[str] | None = None,
+    cache: bool = False,
 ) -> SuiteOutcome:
     """Validate ``df``. The validation that decides (and that Data Docs show) computes counts only: GX bundles
     them into one Spark aggregate, where samples of offending rows would cost a job per expectation. Expectations
-    that fail are then run again with samples; ``keys`` name the columns that identify an offending row."""
+    that fail are then run again with samples; ``keys`` name the columns that identify an offending row.
+
+    GX computes each metric as its own Spark job; ``cache`` keeps ``df``'s rows in memory across them, which pays
+    when ``df`` is built by joins (each job would rebuild them)."""
+    from pyspark import StorageLevel
+
     suite = fresh_copy(suite)
-    if docs_dir is None:
-        result = _validate_ephemeral(df, suite, COUNTS_ONLY)
-    else:
-        result = _validate_checkpoint(df, suite, docs_dir, context_root, run_name)
-    outcomes = _outcomes(result)
-    failed = [key for key, outcome in outcomes.items() if not outcome.success]
-    if failed:
-        outcomes.update(_failure_samples(df, suite, failed, keys))
+    if cache:
+        df = df.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        if docs_dir is None:
+            result = _validate_ephemeral(df, suite, COUNTS_ONLY)
+        else:
+            result = _validate_checkpoint(df, suite, docs_dir, context_root, run_name)
+        outcomes = _outcomes(result)
+        failed = [key for key, outcome in outcomes.items() if not outcome.success]
+        if failed:
+            outcomes.update(_failure_samples(df, suite, failed, keys))
+    finally:
+        if cache:
+            df.unpersist()
     return SuiteOutcome(suite.name, tuple(outcomes.values()))
 
 

@@ -176,26 +176,15 @@ def prepared(spark, dataset, mutate=lambda rows: rows):
     return kg_edges.prepare(df(ED, mutate(edge_rows())), nodes=df(N, node_rows())), kg_edges.suite
 
 
-def validated(df, suite):
-    """Run the suite with the prepared rows cached across GX's metric jobs, as ``gate.audit`` does for every stage
-    but silver (which reads its columns from Parquet): each job then does not rebuild the preparing joins from
-    these in-memory rows (3-4x faster here; the outcome is the same either way)."""
-    df = df.cache()
-    try:
-        return run_suite(df, suite)
-    finally:
-        df.unpersist()
-
-
 @pytest.mark.parametrize("dataset", ["silver", "interactions", "users", "items", "embeddings", "nodes", "edges"])
 def test_valid_data_passes(spark, dataset):
-    outcome = validated(*prepared(spark, dataset))
+    outcome = run_suite(*prepared(spark, dataset), cache=True)  # as every gate but silver's: 3-4x faster
     assert outcome.passed and not outcome.failures("warning"), [o.describe() for o in outcome.failures("critical")]
 
 
 @pytest.mark.parametrize(("dataset", "defect", "mutate", "expected"), DEFECTS, ids=[f"{d[0]}: {d[1]}" for d in DEFECTS])
 def test_each_critical_expectation_catches_its_defect(spark, dataset, defect, mutate, expected):
-    outcome = validated(*prepared(spark, dataset, mutate))
+    outcome = run_suite(*prepared(spark, dataset, mutate), cache=True)
     failed = {
         (o.expectation, o.column if not isinstance(o.column, list) else tuple(o.column))
         for o in outcome.failures("critical")
