@@ -7,6 +7,10 @@ category only, many texts repeat — the real case). The baseline is sentence-tr
 reported on its own row; on a GPU the encoder stays eager). Every case must agree with the baseline: cosine
 ≥ 0.999 per item on CPU, ≥ 0.99 in bf16 on a GPU, or the run fails.
 
+On CPU the catalogue's texts are cut into four slices (``--rounds``), and each slice goes through the baseline,
+eager and compiled in turn before the next: this VM's speed drifts by ±15 % during a run, and interleaved rounds
+let the drift weigh on every side alike (each round's ratios are printed, their sums make the table).
+
 Each shoplake case also reports how long its model loop waited for batches: on a GPU, the time when tokenisation
 or packing (the read-ahead thread) and not the model was the bottleneck. On CUDA it also reports tokenisation
 alone, tokens/s and the share of the measured bf16 matmul ceiling that the model's FLOPs reach. Ratios are speeds
@@ -25,6 +29,7 @@ import argparse
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -123,9 +128,32 @@ def model_flops(encoder, texts: list[str]) -> float:
     return float(2 * params * lengths.sum() + 4 * config.num_hidden_layers * config.hidden_size * (lengths**2).sum())
 
 
+def summed(parts: list[Measurement]) -> Measurement:
+    """One side's row over several rounds: seconds and rows added up, the highest peak memory."""
+    return Measurement(parts[0].case, parts[0].role, sum(p.seconds for p in parts), sum(p.rows for p in parts),
+                       max(p.peak_python_rss_mb for p in parts))  # fmt: skip
+
+
+def measure_encode(
+    case: str, role: str, texts: list[str], encode: Callable[[list[str]], np.ndarray], vectors: list[np.ndarray]
+) -> Measurement:
+    """One timed call of ``encode(texts)``; its vectors are appended to ``vectors``."""
+    return measure(case, role, len(texts), lambda: vectors.append(encode(texts)), repeat=1)
+
+
 def run_case(
-    name: str, texts: list[str], device: str, model: Path, *, compile_large: bool, baseline_items: int | None
+    name: str,
+    texts: list[str],
+    device: str,
+    model: Path,
+    *,
+    compile_large: bool,
+    baseline_items: int | None,
+    rounds: int = 1,
 ) -> list[Measurement]:
+    """Every side on the same texts. With ``rounds`` > 1 the texts are cut into that many slices and each slice
+    goes through every side in turn (baseline, eager, compiled) before the next: a VM that slows down or speeds up
+    during the run then weighs on all sides alike. Each side's row adds up its rounds."""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -137,48 +165,64 @@ def run_case(
     # fp32, as sentence-transformers' default is, whatever precision the folder's weights are stored in
     baseline_model = SentenceTransformer(str(model), device=device, model_kwargs={"dtype": torch.float32})
     baseline_model.encode(warmup)
-    reference: list[np.ndarray] = []
-    results = [
-        measure(f"{name}: sentence-transformers encode (baseline)", "baseline", len(baseline_texts),
-                lambda: reference.append(baseline_model.encode(baseline_texts)), repeat=1)
-    ]  # fmt: skip
     eager = TextEncoder(model, device=device)
     eager.encode(warmup)
+    tokenisation = compilation = None
     if device == "cuda":
-        results.append(measure(f"{name}: shoplake tokenisation alone", "shoplake", len(texts),
-                               lambda: eager.tokenize(texts), repeat=1))  # fmt: skip
-    eager.tokens_seen = 0
-    out: list[np.ndarray] = []
-    results.append(
-        measure(f"{name}: shoplake eager", "shoplake", len(texts), lambda: out.append(eager.encode(texts)), repeat=1)
-    )
-    cosines = {"eager": min_cosine(out[-1][: len(baseline_texts)], reference[0])}
-    waits = {"eager": (eager.last_wait_seconds, results[-1].seconds)}
+        tokenisation = measure(f"{name}: shoplake tokenisation alone", "shoplake", len(texts),
+                               lambda: eager.tokenize(texts), repeat=1)  # fmt: skip
+    encoders = {"eager": eager}
     if compile_large:
-        compiled = TextEncoder(model, device=device, compile=True)
-        results.append(measure(f"{name}: shoplake compile (one-off)", "shoplake", len(warmup),
-                               lambda: compiled.encode(warmup), repeat=1))  # fmt: skip
-        results.append(measure(f"{name}: shoplake compiled", "shoplake", len(texts),
-                               lambda: out.append(compiled.encode(texts)), repeat=1))  # fmt: skip
-        cosines["compiled"] = min_cosine(out[-1][: len(baseline_texts)], reference[0])
-        waits["compiled"] = (compiled.last_wait_seconds, results[-1].seconds)
-        compiled.close()
-    for path, cosine in cosines.items():
+        compiled = encoders["compiled"] = TextEncoder(model, device=device, compile=True)
+        compilation = measure(f"{name}: shoplake compile (one-off)", "shoplake", len(warmup),
+                              lambda: compiled.encode(warmup), repeat=1)  # fmt: skip
+    eager.tokens_seen = 0
+    sides: dict[str, Callable[[list[str]], np.ndarray]] = {
+        "baseline": lambda chunk: np.asarray(baseline_model.encode(chunk)),
+        **{path: encoder.encode for path, encoder in encoders.items()},
+    }
+    cases = {"baseline": f"{name}: sentence-transformers encode (baseline)"} | {
+        path: f"{name}: shoplake {path}" for path in encoders
+    }
+    parts: dict[str, list[Measurement]] = {side: [] for side in sides}
+    vectors: dict[str, list[np.ndarray]] = {side: [] for side in sides}
+    waited = dict.fromkeys(encoders, 0.0)
+    for r in range(rounds):
+        for side, encode in sides.items():
+            side_texts = baseline_texts if side == "baseline" else texts
+            chunk = side_texts[r * len(side_texts) // rounds : (r + 1) * len(side_texts) // rounds]
+            role = "baseline" if side == "baseline" else "shoplake"
+            parts[side].append(measure_encode(cases[side], role, chunk, encode, vectors[side]))
+            if side in encoders:
+                waited[side] += encoders[side].last_wait_seconds
+    if rounds > 1:
+        for path in encoders:
+            speeds = [
+                p.rows_per_second / b.rows_per_second for p, b in zip(parts[path], parts["baseline"], strict=True)
+            ]
+            print(f"{name}: {path} speed ÷ baseline per round: " + ", ".join(f"{s:.2f}" for s in speeds))
+    rows = {side: summed(measured) for side, measured in parts.items()}
+    reference = np.concatenate(vectors["baseline"])
+    for path in encoders:
+        cosine = min_cosine(np.concatenate(vectors[path])[: len(baseline_texts)], reference)
         print(f"{name}: min cosine to sentence-transformers over {len(baseline_texts):,} texts, {path}: {cosine:.6f}")
         if cosine < tolerance:
             raise SystemExit(f"{name} {path}: cosine {cosine:.6f} below {tolerance}: results do not count")
     waiting = "the read-ahead thread was behind" if device == "cuda" else "tokenising and packing in-process"
-    for path, (waited, seconds) in waits.items():
-        print(f"{name}: shoplake {path} waited {waited:.2f} s of its {seconds:.2f} s for batches ({waiting})")
+    for path in encoders:
+        print(f"{name}: shoplake {path} waited {waited[path]:.2f} s of its {rows[path].seconds:.2f} s for batches "
+              f"({waiting})")  # fmt: skip
     if device == "cuda":
-        eager_seconds = next(m.seconds for m in results if m.case.endswith("eager"))
         flops = model_flops(eager, texts)
         ceiling = matmul_ceiling_tflops()
-        print(f"{name}: {eager.tokens_seen / eager_seconds:,.0f} tokens/s; model {flops / eager_seconds / 1e12:.1f} "
-              f"TFLOP/s = {flops / eager_seconds / 1e12 / ceiling:.1%} of the measured bf16 matmul ceiling "
+        seconds = rows["eager"].seconds
+        print(f"{name}: {eager.tokens_seen / seconds:,.0f} tokens/s; model {flops / seconds / 1e12:.1f} "
+              f"TFLOP/s = {flops / seconds / 1e12 / ceiling:.1%} of the measured bf16 matmul ceiling "
               f"({ceiling:.0f} TFLOP/s)")  # fmt: skip
-    eager.close()
-    return results
+    for encoder in encoders.values():
+        encoder.close()
+    table = [rows["baseline"], tokenisation, rows["eager"], compilation, rows.get("compiled")]
+    return [row for row in table if row is not None]
 
 
 def load_texts(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -196,6 +240,8 @@ def main() -> None:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--model", type=Path, help="encoder folder (default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--baseline-items", type=int, help="run the baseline on the first N texts only")
+    parser.add_argument("--rounds", type=int, help="slices of the catalogue texts, each run by every side in "
+                        "turn (default: 4 on CPU, 1 on a GPU)")  # fmt: skip
     parser.add_argument("--texts", type=Path, help="read the texts --save-texts wrote instead of building them")
     parser.add_argument("--save-texts", type=Path, help="write the texts (Parquet) to this folder and stop")
     parser.add_argument("--save-model", type=Path, help="with --save-texts: also write the model, fp16-stored")
@@ -216,10 +262,14 @@ def main() -> None:
 
     device = resolve_device(args.device)
     model = args.model or default_model_path()
+    # Rounds on CPU, where the VM's speed drifts during a run; a GPU run stays one call (its tokenizer processes,
+    # read-ahead and packing windows are what is measured). REES46 is one round: its repeats are de-duplicated.
+    rounds = args.rounds or (4 if device == "cpu" else 1)
     # compiling pays only on CPU (the encoder runs eager on a GPU), and only for the large case
     for name, compile_large in (("catalogue", args.compile and device == "cpu"), ("rees46", False)):
         measurements = run_case(name, texts[name], device, model, compile_large=compile_large,
-                                baseline_items=args.baseline_items if name == "catalogue" else None)  # fmt: skip
+                                baseline_items=args.baseline_items if name == "catalogue" else None,
+                                rounds=rounds if name == "catalogue" else 1)  # fmt: skip
         report(f"embeddings_{name}", measurements, reference=measurements[0].case, by_rate=True,
                context={"texts": len(texts[name]), "distinct": len(set(texts[name])), "device": device,
                         "model": str(model)})  # fmt: skip
