@@ -209,6 +209,8 @@ def run_case(
         if cosine < tolerance:
             raise SystemExit(f"{name} {path}: cosine {cosine:.6f} below {tolerance}: results do not count")
     waiting = "the read-ahead thread was behind" if device == "cuda" else "tokenising and packing in-process"
+    if device == "cpu":
+        print(f"{name}: linear layers: " + ", ".join(f"{path} on {e.cpu_linears}" for path, e in encoders.items()))
     for path in encoders:
         print(f"{name}: shoplake {path} waited {waited[path]:.2f} s of its {rows[path].seconds:.2f} s for batches "
               f"({waiting})")  # fmt: skip

@@ -64,16 +64,52 @@ def test_huge_and_unusual_descriptions_become_bounded_texts(spark):
     assert got[2].endswith("מכונת קפה אוטומטית עם מטחנה") and got[3].endswith("无线蓝牙耳机 降噪")
 
 
-def test_the_encoder_matches_sentence_transformers_on_cpu():
+@pytest.mark.parametrize("linears", ["MKL", "oneDNN"])
+def test_the_encoder_matches_sentence_transformers_on_cpu(linears, monkeypatch):
+    """Whichever library this machine's probe picks for the linear layers, both are held to the reference."""
     from sentence_transformers import SentenceTransformer
 
+    from shoplake import prepacked_linear
+
+    monkeypatch.setattr(prepacked_linear, "onednn_is_faster", lambda model: linears == "oneDNN")
     texts = [*AWKWARD_TEXTS, "", AWKWARD_TEXTS[0]]  # an empty text and a repeat, too
-    ours = TextEncoder(device="cpu").encode(texts)
+    encoder = TextEncoder(device="cpu")
+    assert encoder.cpu_linears == linears
+    ours = encoder.encode(texts)
     reference = SentenceTransformer(str(default_model_path()), device="cpu").encode(texts)
     assert ours.shape == (len(texts), 384) and ours.dtype == np.float32
     cosine = (ours * reference).sum(axis=1) / np.linalg.norm(reference, axis=1)
     assert cosine.min() >= 0.999
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_prepacked_linear_computes_what_nn_linear_does():
+    import torch
+
+    from shoplake.prepacked_linear import PrepackedLinear, onednn_is_faster, prepack_linears
+
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        for linear in (torch.nn.Linear(48, 80), torch.nn.Linear(48, 80, bias=False)):
+            packed = PrepackedLinear(linear)
+            for shape in ((1, 48), (3, 5, 48), (0, 48)):  # one token, a padded batch, nothing at all
+                x = torch.randn(shape)
+                torch.testing.assert_close(packed(x), linear(x), rtol=1e-5, atol=1e-5)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+        x = torch.randn(7, 8)
+        expected = model(x)
+        assert isinstance(onednn_is_faster(model), bool)  # timed here; either answer is this machine's
+        assert prepack_linears(model) == 2 and not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert onednn_is_faster(torch.nn.Sequential(torch.nn.ReLU())) is False  # nothing to multiply
+
+
+def test_a_compiled_cpu_encoder_leaves_its_linears_to_inductor(tiny_bert):
+    import torch
+
+    encoder = TextEncoder(tiny_bert, device="cpu", compile=True)  # compiling is lazy: nothing compiled here
+    assert encoder.cpu_linears == "Inductor"
+    assert any(isinstance(m, torch.nn.Linear) for m in encoder.model.modules())
 
 
 def test_the_default_model_is_read_from_its_sentence_transformers_config():
