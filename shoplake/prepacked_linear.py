@@ -1,7 +1,7 @@
 """A model's linear layers on oneDNN, their weights reordered once into its blocked layout, where that is faster.
 
-On the CPU, PyTorch multiplies with MKL. For MiniLM's shapes on two cores of an AMD Zen 4 (AVX-512), MKL ran them
-at 138–158 GFLOP/s and oneDNN's prepacked kernels at 185–196. That made the eager model ~1.2× faster in fp32,
+On the CPU, PyTorch multiplies with MKL. On two cores of an AMD Zen 4 (AVX-512), MKL ran MiniLM's linear layers
+(product and bias) at 138–158 GFLOP/s and oneDNN's prepacked kernels at 185–196. That made the eager model ~1.2× faster in fp32,
 with the same vectors (cosine 0.9999998). On a Zen 3 (AVX2), an earlier measurement had MKL ahead. So the encoder
 first times both on the model's largest layer (``onednn_is_faster``), and swaps the layers only where oneDNN wins
 (``prepack_linears``). These are the kernels ``torch.compile`` uses on the CPU with weight freezing, without the
