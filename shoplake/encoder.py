@@ -7,7 +7,7 @@ an exact shortcut for BERT-style tokenizers), sorted by length within a window s
 padding, and packed under a token budget rather than a row count, with numpy rather than a loop per row. On CUDA
 the model runs in bf16, tokenizer processes (half the cores) feed a background thread that packs the next
 batches while the GPU works, and the vectors stay on the GPU until the end. On CPU it runs in fp32 with row-capped
-batches, its linear layers on oneDNN with prepacked weights where that measures faster than MKL, and tokenises
+batches, its linear layers on oneDNN with prepacked weights on AVX-512 CPUs (faster there than MKL), and tokenises
 in-process, because there tokenisation and the model compete for the same cores. The same
 ``TextEncoder`` serves the single-GPU task on the driver and each Spark executor (one model per Python worker, see
 ``executor_encoder``).
@@ -171,13 +171,13 @@ class TextEncoder:
         # compilation on large runs; small runs and tests use the eager model. On a GPU the eager model is faster
         # (measured on an H200: compiled 20,451 items/s against eager 48,048, as every new batch shape recompiles).
         self.compiled = compile and self.device == "cpu"
-        # The eager CPU model multiplies on oneDNN with prepacked weights where that is faster than MKL (see
-        # ``shoplake.prepacked_linear``); a compiled one is left to Inductor, which prepacks them itself.
+        # The eager CPU model multiplies on oneDNN with prepacked weights on AVX-512 CPUs, where that is faster than
+        # MKL (see ``shoplake.prepacked_linear``); a compiled one is left to Inductor, which prepacks them itself.
         self.cpu_linears = None if self.device != "cpu" else "Inductor" if self.compiled else "MKL"
         if self.device == "cpu" and not self.compiled:
-            from shoplake.prepacked_linear import onednn_is_faster, prepack_linears
+            from shoplake.prepacked_linear import prepack_linears, use_onednn
 
-            if onednn_is_faster(self.model):
+            if use_onednn(self.model):
                 prepack_linears(self.model)
                 self.cpu_linears = "oneDNN"
         self.forward_model = torch.compile(self.model, dynamic=True) if self.compiled else self.model
