@@ -6,7 +6,8 @@ So texts are tokenised in chunks into flat int32 arrays (``shoplake.tokenization
 an exact shortcut for BERT-style tokenizers), sorted by length within a window so a batch carries almost no
 padding, and packed under a token budget rather than a row count, with numpy rather than a loop per row. On CUDA
 the model runs in bf16, tokenizer processes (half the cores) feed a background thread that packs the next
-batches while the GPU works, and the vectors stay on the GPU until the end. On CPU it runs in fp32 with row-capped
+batches while the GPU works, and the vectors stay on the GPU until the end: the loop never reads a value back
+from the GPU, so the host queues batches ahead rather than waiting for each. On CPU it runs in fp32 with row-capped
 batches, its linear layers on oneDNN with prepacked weights on AVX-512 CPUs (faster there than MKL), and tokenises
 in-process, because there tokenisation and the model compete for the same cores. The same
 ``TextEncoder`` serves the single-GPU task on the driver and each Spark executor (one model per Python worker, see
@@ -312,11 +313,15 @@ class TextEncoder:
 
         input_ids, lengths = self._to_device(batch.input_ids), self._to_device(batch.lengths)
         width = input_ids.shape[1]
-        mask = (torch.arange(width, device=input_ids.device) < lengths[:, None]).long()
+        mask = torch.arange(width, device=input_ids.device) < lengths[:, None]
         # No padding in the batch (common once sorted): no mask, so attention may take its fastest kernel. A
-        # compiled model always gets one: a second input signature would compile a second graph.
+        # compiled model always gets one: a second input signature would compile a second graph. The mask goes in
+        # as the 4-D one that transformers would build from a 2-D one, (rows, 1, width, width), because before
+        # building it transformers asks the device whether any token is padding, and on CUDA that read makes the
+        # host wait for the GPU once per batch.
         masked = self.compiled or bool(batch.lengths.min() < width)
-        hidden = self.forward_model(input_ids=input_ids.long(), attention_mask=mask if masked else None)
+        attention = mask[:, None, None, :].expand(-1, 1, width, -1).contiguous() if masked else None
+        hidden = self.forward_model(input_ids=input_ids.long(), attention_mask=attention)
         pooled = pool(hidden.last_hidden_state, mask, self.spec.pooling)
         return torch.nn.functional.normalize(pooled, p=2, dim=1) if self.spec.normalize else pooled
 

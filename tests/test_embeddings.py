@@ -210,6 +210,46 @@ def test_the_models_wait_for_batches_is_measured():
     assert 0.2 <= throughput.waited < 0.5  # 0.6 and more had the model's 0.4 s been counted
 
 
+def test_the_batch_loop_never_waits_on_the_device_and_masks_as_transformers_does(tiny_bert):
+    """A read of a device value from the host (``bool(tensor)``, ``.item()``) makes a CUDA host wait for the GPU;
+    the loop must have none, padded batches included. Its ready-made mask must give exactly what the model computes
+    from the plain 2-D mask."""
+    import collections
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from shoplake.encoder import pool
+
+    host_reads = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+                  torch.ops.aten.item.default}  # fmt: skip
+
+    class CountHostReads(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reads: collections.Counter[str] = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in host_reads:
+                self.reads[str(func)] += 1
+            return func(*args, **(kwargs or {}))
+
+    encoder = TextEncoder(tiny_bert, device="cpu", cpu_batch_size=8)
+    texts = [f"item {i} " + "word " * (i % 7) for i in range(40)]
+    batches = list(pack_batches(encoder.tokenize(texts), 0, max_tokens=10**6, max_rows=8))
+    assert all(b.lengths.min() < b.input_ids.shape[1] for b in batches)  # every batch is padded
+    with CountHostReads() as counted:
+        encoder.encode(texts)
+    assert counted.reads == {}
+    with torch.inference_mode():
+        for batch in batches:
+            ids = torch.from_numpy(batch.input_ids).long()
+            mask = (torch.arange(ids.shape[1]) < torch.from_numpy(batch.lengths)[:, None]).long()
+            hidden = encoder.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            expected = torch.nn.functional.normalize(pool(hidden, mask, "mean"), dim=1)
+            assert torch.equal(encoder._forward(batch), expected)
+
+
 def test_embedding_is_incremental(spark, lake):
     write_items(spark, [
         item(1, "Lego police station", category_code="kids.toys", brand="lego"),
