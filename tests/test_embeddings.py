@@ -211,9 +211,9 @@ def test_the_models_wait_for_batches_is_measured():
 
 
 def test_the_batch_loop_never_waits_on_the_device_and_masks_as_transformers_does(tiny_bert):
-    """A read of a device value from the host (``bool(tensor)``, ``.item()``) makes a CUDA host wait for the GPU;
-    the loop must have none, padded batches included. Its ready-made mask must give exactly what the model computes
-    from the plain 2-D mask."""
+    """A read of a device value from the host (``bool(tensor)``, ``.item()``, or an op whose output size depends on
+    the data, such as ``nonzero``) makes a CUDA host wait for the GPU; the loop must have none, padded batches
+    included. Its ready-made mask must give exactly what the model computes from the plain 2-D mask."""
     import collections
 
     import torch
@@ -221,8 +221,9 @@ def test_the_batch_loop_never_waits_on_the_device_and_masks_as_transformers_does
 
     from shoplake.encoder import pool
 
-    host_reads = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
-                  torch.ops.aten.item.default}  # fmt: skip
+    aten = torch.ops.aten
+    host_reads = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.item.default,
+                  aten.nonzero.default, aten.masked_select.default}  # fmt: skip
 
     class CountHostReads(TorchDispatchMode):
         def __init__(self) -> None:
