@@ -295,12 +295,16 @@ class TextEncoder:
 
         out = host if self.device == "cpu" else torch.empty(host.shape, dtype=host.dtype, device=self.device)
         batches = _prefetched(self._batches(texts)) if self.device == "cuda" else self._batches(texts)
+        self._embed_batches(batches, out, throughput)
+        if out is not host:
+            host.copy_(out)
+
+    def _embed_batches(self, batches: Iterator[Batch], out: torch.Tensor, throughput: Throughput) -> None:
+        """The model's loop: each batch's vectors scattered into ``out``, on the model's device."""
         for batch in _waited_for(batches, throughput):
             out[self._to_device(batch.positions)] = self._forward(batch)
             self.tokens_seen += int(batch.lengths.sum())
             throughput.update(len(batch.positions))
-        if out is not host:
-            host.copy_(out)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         import torch
