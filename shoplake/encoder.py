@@ -8,10 +8,10 @@ padding, and packed under a token budget rather than a row count, with numpy rat
 the model runs in bf16, tokenizer processes (half the cores) feed a background thread that packs the next
 batches while the GPU works, and the vectors stay on the GPU until the end: the loop never reads a value back
 from the GPU, so the host queues batches ahead rather than waiting for each. On CPU it runs in fp32 with row-capped
-batches, its linear layers on oneDNN with prepacked weights on AVX-512 CPUs (faster there than MKL), and tokenises
-in-process, because there tokenisation and the model compete for the same cores. The same
-``TextEncoder`` serves the single-GPU task on the driver and each Spark executor (one model per Python worker, see
-``executor_encoder``).
+batches, its linear layers on oneDNN with prepacked weights on AVX-512 CPUs (faster there than MKL; BERT's GELU
+and residual sums fused into them), and tokenises in-process, because there tokenisation and the model compete
+for the same cores. The same ``TextEncoder`` serves the single-GPU task on the driver and each Spark executor
+(one model per Python worker, see ``executor_encoder``).
 """
 
 from __future__ import annotations
