@@ -13,15 +13,18 @@ let the drift weigh on every side alike (each round's ratios are printed, their 
 
 Each shoplake case also reports how long its model loop waited for batches: on a GPU, the time when tokenisation
 or packing (the read-ahead thread) and not the model was the bottleneck. On CUDA it also reports tokenisation
-alone, the model alone (on the same batches, packed beforehand: the bound end to end approaches), tokens/s and
-the share of the measured bf16 matmul ceiling that the model's FLOPs reach. Ratios are speeds
+alone, the model alone (on the same batches, packed beforehand: the bound end to end approaches; with the count
+of synchronising CUDA calls in its loop, which should be 0), tokens/s and the share of the measured bf16 matmul
+ceiling that the model's FLOPs reach. The main row's encoder has its tokenizer processes running already (the
+tokenisation row started them); ``--sweep`` adds rows of fresh encoders, whose processes start inside the timing,
+at a few batch budgets and process counts (``SWEEP``). Ratios are speeds
 (items/s ÷ the baseline's), so the slow baseline may run on a prefix of the texts (``--baseline-items``); the
 agreement check then covers that prefix.
 
 Run: ``python -m bench.embeddings --items 8000`` (CPU). A GPU machine needs no Spark or model package: here,
 ``--items 1000000 --save-texts DIR --save-model FOLDER`` writes the texts and a copy of the model with its weights
 stored as fp16 (half the bytes, for a transfer limit; the baseline still runs them in fp32); there,
-``--texts DIR --model FOLDER --device cuda --baseline-items 100000``.
+``--texts DIR --model FOLDER --device cuda --baseline-items 100000 --sweep``.
 """
 
 from __future__ import annotations
@@ -129,9 +132,14 @@ def model_flops(encoder, texts: list[str]) -> float:
     return float(2 * params * lengths.sum() + 4 * config.num_hidden_layers * config.hidden_size * (lengths**2).sum())
 
 
-def model_alone(case: str, encoder, texts: list[str]) -> Measurement:
+def model_alone(case: str, encoder, texts: list[str]) -> tuple[Measurement, int]:
     """The encoder's model loop on batches tokenised and packed beforehand (held in memory): the bound that end to
-    end approaches when tokenisation and packing keep up. Rows count every text, as end to end's do."""
+    end approaches when tokenisation and packing keep up. Rows count every text, as end to end's do.
+
+    Also returns how many synchronising calls CUDA's own check (``torch.cuda.set_sync_debug_mode``) saw in the
+    loop: the CPU test counts host reads op by op, this counts them on the GPU itself; it should be 0."""
+    import warnings
+
     import torch
 
     from shoplake.encoder import Throughput
@@ -139,14 +147,53 @@ def model_alone(case: str, encoder, texts: list[str]) -> Measurement:
     distinct = list(dict.fromkeys(texts))
     batches = list(encoder._batches(distinct))  # the very batches ``encode`` would make
     out = torch.empty((len(distinct), encoder.dim), device=encoder.device)
+    cuda = encoder.device == "cuda"
+    syncs: list[warnings.WarningMessage] = []
 
     def forward_all() -> None:
-        with torch.inference_mode():  # ``encode``'s own loop, minus the read-ahead
-            encoder._embed_batches(iter(batches), out, Throughput(len(texts), len(distinct), enabled=False))
-            if encoder.device == "cuda":
-                torch.cuda.synchronize()
+        with torch.inference_mode(), warnings.catch_warnings(record=True) as caught:  # ``encode``'s own loop,
+            warnings.simplefilter("always")  # minus the read-ahead
+            if cuda:
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                encoder._embed_batches(iter(batches), out, Throughput(len(texts), len(distinct), enabled=False))
+            finally:
+                if cuda:
+                    torch.cuda.set_sync_debug_mode("default")
+                    torch.cuda.synchronize()
+        syncs.extend(w for w in caught if "synchroniz" in str(w.message))
 
-    return measure(case, "shoplake", len(texts), forward_all, repeat=1)
+    return measure(case, "shoplake", len(texts), forward_all, repeat=1), len(syncs)
+
+
+# (batch token budget, tokenizer processes; None: the encoder's default) for ``--sweep``
+SWEEP = ((131_072, None), (131_072, 6), (131_072, 10), (65_536, None), (262_144, None))
+
+
+def fresh_encoders(name: str, texts: list[str], model: Path, device: str) -> list[Measurement]:
+    """End to end with a new encoder per ``SWEEP`` setting: its tokenizer processes start and their word caches
+    fill inside the timing, as in one ``shoplake embed`` run (the main row's encoder has tokenised these texts
+    once already). The bench runs it on a GPU only, where these settings matter; each row is against the same
+    run's baseline."""
+    import functools
+
+    import torch
+
+    from shoplake.encoder import TextEncoder
+
+    rows = []
+    for batch_tokens, processes in SWEEP:
+        encoder = TextEncoder(model, device=device, batch_tokens=batch_tokens, tokenizer_processes=processes)
+        encoder.encode(texts[:256])  # too few texts for the processes: they start in the timed call
+        processes = encoder.tokenizer_processes
+        case = f"{name}: shoplake fresh encoder, {batch_tokens:,}-token batches, {processes} processes"
+        rows.append(measure(case, "shoplake", len(texts), functools.partial(encoder.encode, texts), repeat=1))
+        print(f"{case}: waited {encoder.last_wait_seconds:.2f} s of its {rows[-1].seconds:.2f} s for batches")
+        encoder.close()
+        del encoder
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
 
 
 def summed(parts: list[Measurement]) -> Measurement:
@@ -171,6 +218,7 @@ def run_case(
     compile_large: bool,
     baseline_items: int | None,
     rounds: int = 1,
+    sweep: bool = False,
 ) -> list[Measurement]:
     """Every side on the same texts. With ``rounds`` > 1 the texts are cut into that many slices and each slice
     goes through every side in turn (baseline, eager, compiled) before the next: a VM that slows down or speeds up
@@ -192,7 +240,8 @@ def run_case(
     if device == "cuda":
         tokenisation = measure(f"{name}: shoplake tokenisation alone", "shoplake", len(texts),
                                lambda: eager.tokenize(texts), repeat=1)  # fmt: skip
-        model_only = model_alone(f"{name}: shoplake model alone (batches packed beforehand)", eager, texts)
+        model_only, model_syncs = model_alone(f"{name}: shoplake model alone (batches packed beforehand)", eager,
+                                              texts)  # fmt: skip
     encoders = {"eager": eager}
     if compile_large:
         compiled = encoders["compiled"] = TextEncoder(model, device=device, compile=True)
@@ -244,10 +293,12 @@ def run_case(
               f"TFLOP/s = {flops / seconds / 1e12 / ceiling:.1%} of the measured bf16 matmul ceiling "
               f"({ceiling:.0f} TFLOP/s)")  # fmt: skip
         print(f"{name}: shoplake eager end to end ran at {model_only.seconds / seconds:.0%} of its model alone's "
-              f"speed")  # fmt: skip
+              f"speed; synchronising CUDA calls in the model's loop: {model_syncs}")  # fmt: skip
     for encoder in encoders.values():
         encoder.close()
     table = [rows["baseline"], tokenisation, model_only, rows["eager"], compilation, rows.get("compiled")]
+    if sweep and device == "cuda":
+        table += fresh_encoders(name, texts, model, device)
     return [row for row in table if row is not None]
 
 
@@ -268,6 +319,8 @@ def main() -> None:
     parser.add_argument("--baseline-items", type=int, help="run the baseline on the first N texts only")
     parser.add_argument("--rounds", type=int, help="slices of the catalogue texts, each run by every side in "
                         "turn (default: 4 on CPU, 1 on a GPU)")  # fmt: skip
+    parser.add_argument("--sweep", action="store_true", help="on a GPU, also time the catalogue end to end with "
+                        "a fresh encoder per setting in SWEEP (batch token budget, tokenizer processes)")  # fmt: skip
     parser.add_argument("--texts", type=Path, help="read the texts --save-texts wrote instead of building them")
     parser.add_argument("--save-texts", type=Path, help="write the texts (Parquet) to this folder and stop")
     parser.add_argument("--save-model", type=Path, help="with --save-texts: also write the model, fp16-stored")
@@ -295,7 +348,8 @@ def main() -> None:
     for name, compile_large in (("catalogue", args.compile and device == "cpu"), ("rees46", False)):
         measurements = run_case(name, texts[name], device, model, compile_large=compile_large,
                                 baseline_items=args.baseline_items if name == "catalogue" else None,
-                                rounds=rounds if name == "catalogue" else 1)  # fmt: skip
+                                rounds=rounds if name == "catalogue" else 1,
+                                sweep=args.sweep and name == "catalogue")  # fmt: skip
         report(f"embeddings_{name}", measurements, reference=measurements[0].case, by_rate=True,
                context={"texts": len(texts[name]), "distinct": len(set(texts[name])), "device": device,
                         "model": str(model)})  # fmt: skip
