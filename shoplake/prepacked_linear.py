@@ -101,7 +101,7 @@ def use_onednn(model: torch.nn.Module) -> bool:
             plain, gelu = PrepackedLinear(largest), PrepackedLinear(largest, gelu=True)
             pairs = [(plain(x), expected), (gelu(x), torch.nn.functional.gelu(expected)),
                      (plain.plus(x, residual), expected + residual)]  # fmt: skip
-        except RuntimeError as error:  # an op this build or this CPU lacks
+        except (RuntimeError, AttributeError) as error:  # an op this build (or this CPU) lacks
             log.info("oneDNN's prepacked linear is not usable here (%s): MKL multiplies", error)
             return False
         if not all(torch.allclose(got, want, rtol=1e-4, atol=1e-4) for got, want in pairs):
