@@ -150,9 +150,9 @@ def model_alone(case: str, encoder, texts: list[str]) -> tuple[Measurement, int]
     cuda = encoder.device == "cuda"
     syncs: list[warnings.WarningMessage] = []
 
-    def forward_all() -> None:
-        with torch.inference_mode(), warnings.catch_warnings(record=True) as caught:  # ``encode``'s own loop,
-            warnings.simplefilter("always")  # minus the read-ahead
+    def forward_all() -> None:  # ``encode``'s own loop, minus the read-ahead
+        with torch.inference_mode(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # every synchronising call, not only the first
             if cuda:
                 torch.cuda.set_sync_debug_mode("warn")
             try:
