@@ -166,6 +166,7 @@ def model_alone(case: str, encoder, texts: list[str]) -> tuple[Measurement, int]
     return measure(case, "shoplake", len(texts), forward_all, repeat=1), len(syncs)
 
 
+WARMUP_TEXTS = 256  # embedded before timing: too few for the tokenizer processes, which start in the timed call
 # (batch token budget, tokenizer processes; None: the encoder's default) for ``--sweep``
 SWEEP = ((131_072, None), (131_072, 6), (131_072, 10), (65_536, None), (262_144, None))
 
@@ -184,7 +185,7 @@ def fresh_encoders(name: str, texts: list[str], model: Path, device: str) -> lis
     rows = []
     for batch_tokens, processes in SWEEP:
         encoder = TextEncoder(model, device=device, batch_tokens=batch_tokens, tokenizer_processes=processes)
-        encoder.encode(texts[:256])  # too few texts for the processes: they start in the timed call
+        encoder.encode(texts[:WARMUP_TEXTS])
         processes = encoder.tokenizer_processes
         case = f"{name}: shoplake fresh encoder, {batch_tokens:,}-token batches, {processes} processes"
         rows.append(measure(case, "shoplake", len(texts), functools.partial(encoder.encode, texts), repeat=1))
@@ -229,7 +230,7 @@ def run_case(
     from shoplake.encoder import TextEncoder
 
     tolerance = 0.999 if device == "cpu" else 0.99
-    warmup = texts[:256]
+    warmup = texts[:WARMUP_TEXTS]
     baseline_texts = texts[:baseline_items] if baseline_items else texts
     # fp32, as sentence-transformers' default is, whatever precision the folder's weights are stored in
     baseline_model = SentenceTransformer(str(model), device=device, model_kwargs={"dtype": torch.float32})

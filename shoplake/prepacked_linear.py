@@ -73,14 +73,14 @@ class ResidualOutput(torch.nn.Module):
         return self.LayerNorm(self.dense.plus(hidden_states, input_tensor))
 
 
+def submodules(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]:
+    """Every module below ``model``'s top with its parent module and attribute name: what a swap needs."""
+    return [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()]
+
+
 def linears(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.Linear]]:
     """Every ``nn.Linear`` in ``model`` with its parent module and attribute name."""
-    return [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if isinstance(child, torch.nn.Linear)
-    ]
+    return [(parent, name, child) for parent, name, child in submodules(model) if isinstance(child, torch.nn.Linear)]
 
 
 def use_onednn(model: torch.nn.Module) -> bool:
@@ -128,17 +128,16 @@ def fuse_bert_epilogues(model: torch.nn.Module) -> int:
     from transformers.models.bert.modeling_bert import BertIntermediate, BertOutput, BertSelfOutput
 
     swaps: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            dense = getattr(child, "dense", None)
-            if not isinstance(dense, torch.nn.Linear):
-                continue
-            if type(child) is BertIntermediate:
-                act = child.intermediate_act_fn
-                if type(act) is GELUActivation and act.act is torch.nn.functional.gelu:
-                    swaps.append((parent, name, GeluFeedForwardIn(dense)))
-            elif type(child) in (BertSelfOutput, BertOutput) and isinstance(norm := child.LayerNorm, torch.nn.Module):
-                swaps.append((parent, name, ResidualOutput(dense, norm)))
+    for parent, name, child in submodules(model):
+        dense = getattr(child, "dense", None)
+        if not isinstance(dense, torch.nn.Linear):
+            continue
+        if type(child) is BertIntermediate:
+            act = child.intermediate_act_fn
+            if type(act) is GELUActivation and act.act is torch.nn.functional.gelu:
+                swaps.append((parent, name, GeluFeedForwardIn(dense)))
+        elif type(child) in (BertSelfOutput, BertOutput) and isinstance(norm := child.LayerNorm, torch.nn.Module):
+            swaps.append((parent, name, ResidualOutput(dense, norm)))
     for parent, name, fused in swaps:
         setattr(parent, name, fused)
     return len(swaps)
