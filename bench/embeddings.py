@@ -11,8 +11,9 @@ On CPU the catalogue's texts are cut into four slices (``--rounds``), and each s
 eager and compiled in turn before the next: this VM's speed drifts by ±15 % during a run, and interleaved rounds
 let the drift weigh on every side alike (each round's ratios are printed, their sums make the table).
 
-Each shoplake case also reports how long its model loop waited for batches: on a GPU, the time when tokenisation
-or packing (the read-ahead thread) and not the model was the bottleneck. On CUDA it also reports tokenisation
+Each shoplake case also reports how long its model loop waited for batches (on a GPU, the time when tokenisation
+or packing, the read-ahead thread, and not the model was the bottleneck) and how long it took after that loop to
+copy repeats and, on a GPU, the vectors back (that includes the batches still queued on the GPU). On CUDA it also reports tokenisation
 alone, the model alone (on the same batches, packed beforehand: the bound end to end approaches; with the count
 of synchronising CUDA calls in its loop, which should be 0), tokens/s and the share of the measured bf16 matmul
 ceiling that the model's FLOPs reach. The main row's encoder has its tokenizer processes running already (the
@@ -145,7 +146,7 @@ def model_alone(case: str, encoder, texts: list[str]) -> tuple[Measurement, int]
     from shoplake.encoder import Throughput
 
     distinct = list(dict.fromkeys(texts))
-    batches = list(encoder._batches(distinct))  # the very batches ``encode`` would make
+    batches = list(encoder._batches(distinct, np.arange(len(distinct))))  # the very batches ``encode`` would make
     out = torch.empty((len(distinct), encoder.dim), device=encoder.device)
     cuda = encoder.device == "cuda"
     syncs: list[warnings.WarningMessage] = []
@@ -189,7 +190,8 @@ def fresh_encoders(name: str, texts: list[str], model: Path, device: str) -> lis
         processes = encoder.tokenizer_processes
         case = f"{name}: shoplake fresh encoder, {batch_tokens:,}-token batches, {processes} processes"
         rows.append(measure(case, "shoplake", len(texts), functools.partial(encoder.encode, texts), repeat=1))
-        print(f"{case}: waited {encoder.last_wait_seconds:.2f} s of its {rows[-1].seconds:.2f} s for batches")
+        print(f"{case}: waited {encoder.last_wait_seconds:.2f} s of its {rows[-1].seconds:.2f} s for batches, "
+              f"{encoder.last_finish_seconds:.2f} s finishing")  # fmt: skip
         encoder.close()
         del encoder
         if device == "cuda":
@@ -258,7 +260,7 @@ def run_case(
     }
     parts: dict[str, list[Measurement]] = {side: [] for side in sides}
     vectors: dict[str, list[np.ndarray]] = {side: [] for side in sides}
-    waited = dict.fromkeys(encoders, 0.0)
+    waited, finishing = dict.fromkeys(encoders, 0.0), dict.fromkeys(encoders, 0.0)
     for r in range(rounds):
         for side, encode in sides.items():
             side_texts = baseline_texts if side == "baseline" else texts
@@ -267,6 +269,7 @@ def run_case(
             parts[side].append(measure_encode(cases[side], role, chunk, encode, vectors[side]))
             if side in encoders:
                 waited[side] += encoders[side].last_wait_seconds
+                finishing[side] += encoders[side].last_finish_seconds
     if rounds > 1:
         for path in encoders:
             speeds = [
@@ -285,7 +288,7 @@ def run_case(
         print(f"{name}: linear layers: " + ", ".join(f"{path} on {e.cpu_linears}" for path, e in encoders.items()))
     for path in encoders:
         print(f"{name}: shoplake {path} waited {waited[path]:.2f} s of its {rows[path].seconds:.2f} s for batches "
-              f"({waiting})")  # fmt: skip
+              f"({waiting}), {finishing[path]:.2f} s finishing (repeats copied, vectors copied back)")  # fmt: skip
     if device == "cuda":
         flops = model_flops(eager, texts)
         ceiling = matmul_ceiling_tflops()

@@ -168,7 +168,7 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error():
 def test_batches_respect_the_token_budget_and_cover_every_text_once():
     rows = [[10 * n + k for k in range(n)] for n in (5, 1, 9, 3, 3, 7, 2, 8)]  # each id names its row and place
     tokens = Tokens(np.array([len(r) for r in rows], dtype=np.int32), np.concatenate(rows).astype(np.int32))
-    batches = list(pack_batches(tokens, 100, max_tokens=16, max_rows=3))
+    batches = list(pack_batches(tokens, np.arange(100, 108), max_tokens=16, max_rows=3))
     positions = np.concatenate([b.positions for b in batches])
     assert sorted(positions.tolist()) == list(range(100, 108))
     for batch in batches:
@@ -183,22 +183,23 @@ def test_batches_respect_the_token_budget_and_cover_every_text_once():
     assert widths == sorted(widths)
     assert [len(b.positions) for b in batches] == [3, 2, 2, 1]  # lengths 1,2,3 | 3,5 | 7,8 (2 × 8 = 16) | 9
     empty = Tokens(np.zeros(2, dtype=np.int32), np.zeros(0, dtype=np.int32))  # a tokenizer that adds no specials
-    assert [b.input_ids.tolist() for b in pack_batches(empty, 0, max_tokens=16, max_rows=3)] == [[[0], [0]]]
+    assert [b.input_ids.tolist() for b in pack_batches(empty, np.arange(2), max_tokens=16, max_rows=3)] == [[[0], [0]]]
 
 
 def test_tokenizer_processes_and_small_windows_give_the_same_vectors(tiny_bert, monkeypatch):
     """The GPU path's machinery, run on the CPU: texts tokenised by a pool of processes in many chunks, packed in
-    several windows, vectors gathered segment by segment — each vector still lands on its own text."""
+    several windows, the result assembled span by span — each vector still lands on its own text."""
     from shoplake import encoder as encoder_module
 
     texts = [f"item {i} " + "word " * (i % 37) + AWKWARD_TEXTS[i % 5] for i in range(2_500)]
     reference = TextEncoder(tiny_bert, device="cpu", tokenizer_processes=0)
     expected = reference.encode(texts)
     monkeypatch.setattr(encoder_module, "TOKENIZE_CHUNK", 300)
-    monkeypatch.setattr(encoder_module, "FIRST_PACK_WINDOW", 200)  # each segment: windows of 300, 600, 100
+    monkeypatch.setattr(encoder_module, "FIRST_PACK_WINDOW", 200)  # each span: windows of 300, 600, 100
     monkeypatch.setattr(encoder_module, "PACK_WINDOW", 700)
     monkeypatch.setattr(encoder_module, "SEGMENT_TEXTS", 1_000)
     pooled = TextEncoder(tiny_bert, device="cpu", tokenizer_processes=2)
+    pooled.feeds_device = True  # the read-ahead thread, and each span assembled apart and copied back
     try:
         tokens, in_process = pooled.tokenize(texts), reference.tokenize(texts)
         assert tokens.lengths.tolist() == in_process.lengths.tolist()
@@ -207,6 +208,27 @@ def test_tokenizer_processes_and_small_windows_give_the_same_vectors(tiny_bert, 
         assert pooled._pool is not None  # the processes did the tokenising
     finally:
         pooled.close()
+
+
+@pytest.mark.parametrize("feeds_device", [False, True])
+def test_repeated_texts_are_embedded_once_and_every_row_gets_its_vector(tiny_bert, monkeypatch, feeds_device):
+    """A text's vector goes to the row where the text first appears and is copied to its repeats: within a span
+    of the result, from an earlier span, and into a span that brings no new text at all. Also with the GPU
+    path's machinery (read-ahead thread, spans assembled apart and copied back), run on the CPU."""
+    from shoplake import encoder as encoder_module
+
+    distinct = [f"item {i} " + "word " * (i % 11) for i in range(300)]
+    rng = np.random.default_rng(0)
+    picks = np.concatenate([rng.integers(0, 200, 700), rng.integers(0, 300, 700)])
+    picks = np.concatenate([picks, rng.choice(np.unique(picks), 600)])  # the last span: repeats only
+    texts = [distinct[p] for p in picks]
+    expected = TextEncoder(tiny_bert, device="cpu").encode(distinct)
+    monkeypatch.setattr(encoder_module, "SEGMENT_TEXTS", 700)  # three spans of the result
+    encoder = TextEncoder(tiny_bert, device="cpu")
+    encoder.feeds_device = feeds_device
+    np.testing.assert_allclose(encoder.encode(texts), expected[picks], atol=1e-5)
+    assert len(np.unique(picks[:700])) < 200 < len(np.unique(picks[:1400]))  # the second span brings new texts
+    assert encoder.tokens_seen == encoder.tokenize(list(dict.fromkeys(texts))).lengths.sum()  # each embedded once
 
 
 def test_the_gpu_paths_read_ahead_thread_keeps_order_and_passes_errors_on():
@@ -220,6 +242,16 @@ def test_the_gpu_paths_read_ahead_thread_keeps_order_and_passes_errors_on():
 
     with pytest.raises(ValueError, match="tokenizer broke"):
         list(_prefetched(failing()))
+
+
+def test_the_gpu_paths_page_toucher_writes_one_zero_per_page_and_nothing_else():
+    from shoplake.encoder import PAGE_BYTES, _touch_pages
+
+    array = np.ones((5_000, 384), dtype=np.float32)
+    _touch_pages(array).join()
+    step = PAGE_BYTES // 4
+    flat = array.reshape(-1)
+    assert (flat[::step] == 0).all() and flat.sum() == flat.size - len(flat[::step])
 
 
 def test_the_models_wait_for_batches_is_measured():
@@ -266,7 +298,7 @@ def test_the_batch_loop_never_waits_on_the_device_and_masks_as_transformers_does
 
     encoder = TextEncoder(tiny_bert, device="cpu", cpu_batch_size=8)
     texts = [f"item {i} " + "word " * (i % 7) for i in range(40)]
-    batches = list(pack_batches(encoder.tokenize(texts), 0, max_tokens=10**6, max_rows=8))
+    batches = list(pack_batches(encoder.tokenize(texts), np.arange(len(texts)), max_tokens=10**6, max_rows=8))
     assert all(b.lengths.min() < b.input_ids.shape[1] for b in batches)  # every batch is padded
     with CountHostReads() as counted:
         encoder.encode(texts)
