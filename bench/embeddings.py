@@ -11,16 +11,15 @@ On CPU the catalogue's texts are cut into four slices (``--rounds``), and each s
 eager and compiled in turn before the next: this VM's speed drifts by ±15 % during a run, and interleaved rounds
 let the drift weigh on every side alike (each round's ratios are printed, their sums make the table).
 
-Each shoplake case also reports how long its model loop waited for batches (on a GPU, the time when tokenisation
-or packing, the read-ahead thread, and not the model was the bottleneck) and how long it took after that loop to
-copy repeats and, on a GPU, the vectors back (that includes the batches still queued on the GPU). On CUDA it also reports tokenisation
-alone, the model alone (on the same batches, packed beforehand: the bound end to end approaches; with the count
-of synchronising CUDA calls in its loop, which should be 0), tokens/s and the share of the measured bf16 matmul
-ceiling that the model's FLOPs reach. The main row's encoder has its tokenizer processes running already (the
-tokenisation row started them); ``--sweep`` adds rows of fresh encoders, whose processes start inside the timing,
-at a few batch budgets and process counts (``SWEEP``). Ratios are speeds
-(items/s ÷ the baseline's), so the slow baseline may run on a prefix of the texts (``--baseline-items``); the
-agreement check then covers that prefix.
+Each shoplake case also reports how long its model loop waited for batches (on a GPU, the time when tokenisation or
+packing, the read-ahead thread, and not the model was the bottleneck) and how long it took after that loop to copy
+repeats and, on a GPU, the vectors back (which includes the batches still queued there). On CUDA it also reports
+tokenisation alone, the model alone (on the same batches, packed beforehand: the bound end to end approaches; with
+the count of synchronising CUDA calls in its loop, which should be 0), tokens/s and the share of the measured bf16
+matmul ceiling that the model's FLOPs reach. The main row's encoder has its tokenizer processes running already (the
+tokenisation row started them); ``--sweep`` adds rows of fresh encoders, whose processes start inside the timing, at
+a few batch budgets and process counts (``SWEEP``). Ratios are speeds (items/s ÷ the baseline's), so the slow
+baseline may run on a prefix of the texts (``--baseline-items``); the agreement check then covers that prefix.
 
 Run: ``python -m bench.embeddings --items 8000`` (CPU). A GPU machine needs no Spark or model package: here,
 ``--items 1000000 --save-texts DIR --save-model FOLDER`` writes the texts and a copy of the model with its weights

@@ -302,6 +302,8 @@ def test_the_batch_loop_never_waits_on_the_device_and_masks_as_transformers_does
     assert all(b.lengths.min() < b.input_ids.shape[1] for b in batches)  # every batch is padded
     with CountHostReads() as counted:
         encoder.encode(texts)
+        encoder.feeds_device = True  # and the GPU path's machinery, its copies of repeated texts included
+        encoder.encode(texts + texts[:5])
     assert counted.reads == {}
     with torch.inference_mode():
         for batch in batches:
