@@ -2,8 +2,9 @@
 
 A file is known by the SHA-256 of its bytes, so landing a file that is already in bronze does nothing. Every data
 line becomes one row: the raw fields as strings, its source file, its line number in that file (the header is
-line 1), the file checksum and the ingest run. A line with the wrong number of fields keeps its whole raw text,
-so silver can quarantine it without anything being lost. Formats: CSV with a header, or JSON lines; either may be
+line 1), the file checksum and the ingest run. A line with the wrong number of fields (a CSV line cut short or
+run long; a JSON line that is no object) keeps its whole raw text, so silver can quarantine it without anything
+being lost. Formats: CSV with a header, or JSON lines, where an absent key is an empty field; either may be
 gzip-compressed.
 
 Line numbers need no Python per row: within one file split Spark reads rows in order, so a row's line is the number
@@ -192,15 +193,18 @@ def transform_csv_fields(numbered: DataFrame, header: Sequence[str]) -> DataFram
 
 
 def transform_jsonl_fields(numbered: DataFrame) -> DataFrame:
-    """Read JSON objects' fields as strings; ``field_count`` counts the expected keys present (0 if malformed)."""
+    """Read JSON objects' fields as strings. A key is found by its name, so an absent one cannot shift the others:
+    it is an empty field, as ``,,`` is in CSV (JSON writers often leave nulls out), and the object has all
+    ``EXPECTED_FIELDS``. A line that is no JSON object, or an object with none of the schema's keys, has 0 and
+    keeps its raw text, for silver to quarantine."""
     schema = ", ".join(f"`{name}` STRING" for name in RAW_EVENT_COLUMNS)
     parsed = F.from_json("value", schema)
-    keys = F.map_keys(F.from_json("value", "MAP<STRING, STRING>"))
-    present = F.size(F.filter(keys, lambda k: k.isin(*RAW_EVENT_COLUMNS)))
+    keys = F.map_keys(F.from_json("value", "MAP<STRING, STRING>"))  # null when the line is no JSON object
+    is_event = F.coalesce(F.exists(keys, lambda k: k.isin(*RAW_EVENT_COLUMNS)), F.lit(False))
     return numbered.select(
         "file_index", "line_number", "value",
         *(parsed[c].alias(c) for c in RAW_EVENT_COLUMNS),
-        F.when(present >= 0, present).otherwise(0).cast("int").alias("field_count"),
+        F.when(is_event, EXPECTED_FIELDS).otherwise(0).cast("int").alias("field_count"),
     )  # fmt: skip
 
 

@@ -137,15 +137,17 @@ def test_json_lines_gzip_and_reordered_csv_headers_land_alike(spark, lake, tmp_p
         handle.write(json.dumps(record) + "\n")
         handle.write(json.dumps({k: v for k, v in record.items() if k != "brand"}) + "\n")
         handle.write("{broken json\n")
+        handle.write('{"eventTime": "2019-10-01", "kind": "view"}\n')  # an object, but none of the schema's keys
     reordered = tmp_path / "reordered.csv"
     columns = list(reversed(RAW_EVENT_COLUMNS))
     reordered.write_text(",".join(columns) + "\n" + ",".join(str(record[c]) for c in columns) + "\n")
     land(spark, jsonl, reordered)
     rows = {(r.source_file, r.line_number): r for r in bronze_rows(spark)}
-    full, no_brand, broken = (rows[(str(jsonl), n)] for n in (1, 2, 3))
+    full, no_brand, broken, foreign = (rows[(str(jsonl), n)] for n in (1, 2, 3, 4))
     assert (full.product_id, full.brand, full.field_count, full.raw_line) == ("44600062", "shiseido", 9, None)
-    assert (no_brand.brand, no_brand.field_count) == (None, 8)
+    assert (no_brand.brand, no_brand.field_count, no_brand.raw_line) == (None, 9, None)  # an absent key: empty
     assert (broken.field_count, broken.raw_line, broken.event_time) == (0, "{broken json", None)
+    assert (foreign.field_count, foreign.raw_line) == (0, '{"eventTime": "2019-10-01", "kind": "view"}')
     csv_row = rows[(str(reordered), 2)]
     assert [csv_row[c] or "" for c in RAW_EVENT_COLUMNS] == ROW.split(",")
 

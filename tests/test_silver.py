@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,29 @@ def test_each_rule_quarantines_with_its_reason(spark, lake, tmp_path):
     kept = {r.product_id: (r.event_type, r.price) for r in silver_rows(spark)}
     assert kept == {500: ("view", None), 600: ("cart", 10.0), 700: ("purchase", 10.0)}
     assert result.bronze_rows == 13 and result.counts["quarantined"] == 10
+
+
+def test_json_records_may_leave_out_keys_the_rules_do_not_need(spark, lake, tmp_path):
+    path = tmp_path / "day.jsonl"
+    records = [
+        {"event_time": "2019-10-01 10:00:00 UTC", "event_type": "view", "product_id": 100, "user_id": 7},
+        {"event_time": "2019-10-01 10:05:00 UTC", "event_type": "cart", "product_id": 200, "user_id": 7,
+         "price": 9.5, "brand": None, "user_session": "s-9"},
+        {"event_time": "2019-10-01 10:06:00 UTC", "event_type": "cart", "product_id": 300, "user_id": 7},
+        {"event_time": "2019-10-01 10:07:00 UTC", "event_type": "view", "product_id": 400},
+    ]  # fmt: skip
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n[1, 2]\n")
+    bronze.land_event_files(spark, [str(path)], run_id="r", ingested_at=INGESTED)
+    result = run(spark)
+    kept = [(r.product_id, r.event_type, r.price, r.brand, r.session_id[:4]) for r in silver_rows(spark)]
+    assert kept == [(100, "view", None, None, "gap-"), (200, "cart", 9.5, None, "s-9")]
+    reasons = {r.line_number: (r.reason, r.detail) for r in storage.read_table(spark, "quarantine_events").collect()}
+    assert reasons == {
+        3: ("non_positive_price", "cart with price null"),  # the rules need a cart's price, so it is missed
+        4: ("missing_user_id", "user_id is empty"),
+        5: ("wrong_column_count", "0 fields, expected 9"),  # not a JSON object
+    }
+    assert result.counts == {"kept": 2, "exact_duplicate": 0, "collapsed": 0, "quarantined": 3}
 
 
 def test_bots_are_flagged_and_kept(spark, lake, tmp_path):
