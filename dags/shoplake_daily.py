@@ -30,7 +30,7 @@ import datetime as dt
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 from shoplake.orchestration import FEATURES_ONLINE_URI
 from shoplake.settings import get_settings
@@ -40,6 +40,11 @@ GRAPH_ASSETS = [Asset(f"shoplake://lake/{name}") for name in ("item_embeddings",
 FEATURES_ONLINE = Asset(FEATURES_ONLINE_URI)  # shoplake_marketing is scheduled on it
 DATE = {"type": ["null", "string"], "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$"}
 TRANSIENT = {"retries": 2, "retry_delay": dt.timedelta(seconds=30), "retry_exponential_backoff": True}
+CRON = get_settings().daily_schedule_or_none
+# A run covers a data interval and starts once it has ended: the run for 2019-10-01 (its logical date) starts at
+# 2019-10-02 00:00 and processes 2019-10-01. A plain cron string would, in Airflow 3, start the run at 00:00 with
+# the day that has just begun as its logical date.
+SCHEDULE = CronDataIntervalTimetable(CRON, timezone="UTC") if CRON else None
 
 
 def _day(value: str) -> dt.date:
@@ -55,7 +60,7 @@ def _skipped(plan: dict[str, Any], stage: str) -> bool:
 
 @dag(
     dag_id="shoplake_daily",
-    schedule=get_settings().daily_schedule_or_none,
+    schedule=SCHEDULE,
     start_date=pendulum.datetime(2019, 10, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -69,6 +69,21 @@ def test_the_daily_dag_runs_its_stages_in_order(dagbag):
     assert dag.get_task("consistency_check").outlets[0].uri == "shoplake://feast/features"
 
 
+def test_a_scheduled_daily_run_processes_the_day_that_has_just_ended(dagbag):
+    """The run that starts at 2019-10-02 00:00 has 2019-10-01 as its logical date (its data interval's start), and
+    ``plan_run`` processes that date: the day whose events are complete, not the one that has just begun."""
+    import pendulum
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    timetable = coerce_to_core_timetable(dagbag.get_dag("shoplake_daily").timetable)
+    after = TimeRestriction(earliest=pendulum.datetime(2019, 10, 1, tz="UTC"), latest=None, catchup=True)
+    first = timetable.next_dagrun_info(last_automated_data_interval=None, restriction=after)
+    assert first.data_interval == (pendulum.datetime(2019, 10, 1, tz="UTC"), pendulum.datetime(2019, 10, 2, tz="UTC"))
+    assert first.run_after == pendulum.datetime(2019, 10, 2, tz="UTC")
+    assert plan_run({}, first.logical_date, "scheduled__x")["dates"] == ["2019-10-01"]
+
+
 def test_the_marketing_dag_is_scheduled_on_the_published_features(dagbag):
     dag = dagbag.get_dag("shoplake_marketing")
     condition = dag.timetable.asset_condition
