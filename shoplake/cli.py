@@ -179,12 +179,18 @@ def silver(
 
 @app.command()
 @_clear_errors
-def gold(date: DateOption = None, run_id: RunIdOption = None) -> None:
-    """Compute every gold table as of a date (default: the latest date in silver)."""
+def gold(date: DateOption = None, start: StartOption = None, end: EndOption = None, run_id: RunIdOption = None) -> None:
+    """Compute every gold table as of a date (default: the latest date in silver), or as of each date of a range.
+
+    A range gives the daily feature history that point-in-time training sets read: each date is computed from the
+    silver history up to that date alone, then gated and published, in date order."""
     from spark_jobs.bronze import new_run_id
 
-    as_of = date.date() if date else _latest_silver_date()
-    _gold(as_of, run_id or new_run_id("gold"))
+    dates = _date_range(date, start, end) or [_latest_silver_date()]
+    run_id = run_id or new_run_id("gold")
+    for as_of in dates:
+        # a run's metrics are keyed by (run, stage, metric): each date of a range records under its own run id
+        _gold(as_of, run_id if len(dates) == 1 else f"{run_id}-{as_of:%Y%m%d}")
 
 
 @app.command()
