@@ -6,10 +6,11 @@ rebuild the product knowledge graph — each stage gated by its Great Expectatio
 Feast, check that online and offline values agree, evaluate the recommender, and write the Data Docs. Once the
 features are online it emits the `shoplake://feast/features` asset, on which `shoplake_marketing` runs.
 
-**Trigger with parameters** (Trigger DAG ▸ with config): `date`, or `start` and `end` for a backfill; `full_refresh`
-rebuilds silver for every date in bronze and re-embeds every item; `skip_stages` leaves stages out (the tables keep
-their last versions); `sample_fraction` computes gold on that share of users, for a quick trial; `events` ingests a
-file or folder instead of the landing folder (`$SHOPLAKE_HOME/landing`).
+**Trigger with parameters** (Trigger DAG ▸ with config): `date`, or `start` and `end` to rebuild silver for a range
+and gold as of `end` (for gold as of every day, the history training sets read, use Airflow's Backfill: one run per
+date); `full_refresh` rebuilds silver for every date in bronze and re-embeds every item; `skip_stages` leaves stages
+out (the tables keep their last versions); `sample_fraction` computes gold on that share of users, for a quick
+trial; `events` ingests a file or folder instead of the landing folder (`$SHOPLAKE_HOME/landing`).
 
 **Triage a failure**
 - `plan_run` failed: the parameters do not fit together (the message says which); nothing ran.
@@ -69,8 +70,8 @@ def _skipped(plan: dict[str, Any], stage: str) -> bool:
     default_args={"owner": "shoplake", "retries": 1, "retry_delay": dt.timedelta(seconds=30)},
     params={
         "date": Param(None, **DATE, description="Run date (YYYY-MM-DD); default: the data interval's date."),
-        "start": Param(None, **DATE, description="First date of a backfill range."),
-        "end": Param(None, **DATE, description="Last date of a backfill range (default: start)."),
+        "start": Param(None, **DATE, description="First date of a range (silver rebuilt; gold as of end)."),
+        "end": Param(None, **DATE, description="Last date of a range (default: start)."),
         "full_refresh": Param(False, type="boolean", description="Rebuild silver for every date; re-embed all."),
         "skip_stages": Param(
             [], type="array", items={"type": "string", "enum": ["ingest", "silver", "gold", "embed", "kg"]},
