@@ -364,14 +364,20 @@ def historical_features(spark: SparkSession, store: FeatureStore, entity_df: Any
     """``get_historical_features`` that keeps every entity row, whatever Feast's offline store does with it.
 
     Feast 0.67's file (dask) offline store fails when an entity has no rows in a view's source (nulls in the merged
-    timestamp column break dask's sort), and silently drops an entity row whose only feature rows lie after it.
-    So each view is asked only for the rows whose entities its source holds, and the answers are joined back onto
-    every entity row by position: a row without a feature value at its time gets nulls, as point-in-time
-    correctness requires. Feature columns are named ``<view>__<feature>``."""
+    timestamp column break dask's sort), silently drops an entity row whose only feature rows lie after it, and
+    answers only one of the rows that share an entity and a time. So each view is asked only for the rows whose
+    entities its source holds, once per (entities, time), in requests where no entity value and time repeat, and
+    the answers are joined back onto every entity row: a row without a feature value at its time gets nulls, as
+    point-in-time correctness requires. Feature columns are named ``<view>__<feature>``.
+
+    Spark's offline store (production) reads temporary views, which live only in this Spark session: they are
+    registered here, over the tables' latest snapshots, so a process that did not publish can ask too."""
     import pandas as pd
 
     from shoplake import storage
 
+    if store.config.offline_store.type == "spark":
+        register_spark_tables(spark)
     rows = entity_df.reset_index(drop=True).assign(_row=lambda df: range(len(df)))
     by_view: dict[str, list[str]] = {}
     for ref in features:
@@ -395,21 +401,50 @@ def historical_features(spark: SparkSession, store: FeatureStore, entity_df: Any
         for table, key in needs:
             mask &= rows[key].isin(keys_of(table, key))
         columns = [ref.replace(":", "__") for ref in refs]
-        subset = rows.loc[mask, [*{k for _, k in needs}, "event_timestamp", "_row"]]
-        if subset.empty:
+        keys = sorted({k for _, k in needs})
+        # each (entities, time) is asked once; its answer goes to every row that has it
+        first = rows.groupby([*keys, "event_timestamp"], sort=False, dropna=False)["_row"].transform("min")
+        asked = rows.loc[mask & (first == rows["_row"]), [*keys, "event_timestamp", "_row"]]
+        if asked.empty:
             result = result.assign(**{c: None for c in columns})
             continue
 
-        def fetch(subset: Any = subset, refs: list[str] = refs) -> Any:
+        def fetch(subset: Any, refs: list[str] = refs) -> Any:
             job = store.get_historical_features(entity_df=subset, features=refs, full_feature_names=True)
             return job.to_df()
 
-        got = retrying(f"historical features of {view_name}", fetch)
-        result = result.merge(got[["_row", *columns]], on="_row", how="left")
+        answers = [
+            retrying(f"historical features of {view_name}", functools.partial(fetch, part))[["_row", *columns]]
+            for part in _without_shared_key_times(asked, keys)
+        ]
+        answered = pd.concat(answers, ignore_index=True).rename(columns={"_row": "_asked"})
+        result = (
+            result.assign(_asked=first.to_numpy()[result["_row"].to_numpy()])
+            .merge(answered, on="_asked", how="left")
+            .drop(columns="_asked")
+        )
     result = result.sort_values("_row").drop(columns="_row").reset_index(drop=True)
     text = [c for c in result.columns if c not in entity_df.columns and result[c].dtype == object]
     result[text] = result[text].astype(object).where(result[text].notna(), None)  # missing text: None, not NaN
     return result
+
+
+def _without_shared_key_times(rows: Any, keys: list[str]) -> list[Any]:
+    """Split entity rows into requests in which no two rows share a time and the value of any one join key.
+
+    Feast 0.67's file offline store keeps one of the rows that share (the keys joined so far, time) after each
+    source view it joins (feast-dev/feast#6787, #5590): two users viewing one item in the same second lose one
+    user's features in an on-demand view over user and item views. Spark's store answers every row; such rows are
+    rare, so the extra requests are few."""
+    parts = []
+    remaining = rows
+    while not remaining.empty:
+        part = remaining
+        for key in keys:
+            part = part.drop_duplicates([key, "event_timestamp"])
+        parts.append(part)
+        remaining = remaining.drop(index=part.index)
+    return parts
 
 
 def _entity_sources(store: FeatureStore, view_name: str) -> list[tuple[str, str]]:

@@ -146,31 +146,42 @@ def test_a_changed_online_value_fails_the_consistency_check(spark, lake):
         feature_store.check_consistency(spark, store)
 
 
-def test_training_joins_are_point_in_time_correct(spark, lake):
-    # user 7 is "browsers" as of the end of Oct 1 and "champions" as of the end of Oct 2; item 10 costs 5 then 8
-    write_gold(spark, [user_row(7, 1, "browsers"), user_row(7, 2, "champions")],
-               [item_row(10, 1, 5.0), item_row(10, 2, 8.0)])  # fmt: skip
-    store = feature_store.get_store()
-    feature_store.apply(store)
-    times = ["2019-10-01 12:00", "2019-10-02 00:00", "2019-10-02 23:59", "2019-10-03 08:00", "2019-10-09 00:00"]
-    entity_df = pd.DataFrame({
-        "user_id": [7, 7, 7, 7, 7, 999][: len(times) + 1], "item_id": [10] * 6, "label": [0, 1, 0, 1, 0, 1],
-        "event_timestamp": pd.to_datetime([*times, "2019-10-02 12:00"]).tz_localize("UTC"),
-    })  # fmt: skip
-    joined = feature_store.historical_features(
-        spark,
-        store,
-        entity_df,
-        ["user_profile:segment", "item_stats:price_mean", "price_for_user:price_to_user_average"],
-    )
-    assert len(joined) == 6  # every entity row kept
-    assert joined["user_profile__segment"].tolist() == [None, "browsers", "browsers", "champions", None, None]
-    #  before any feature time: nothing; at and after Oct 1's end: Oct 1's value, never Oct 2's before its end;
-    #  6 days after the last feature time the 3-day TTL has passed; an unknown user gets nulls
-    prices = joined["item_stats__price_mean"].tolist()
-    assert pd.isna(prices[0]) and prices[1:4] == [5.0, 5.0, 8.0] and pd.isna(prices[4]) and prices[5] == 5.0
-    assert joined["price_for_user__price_to_user_average"].tolist()[1:4] == pytest.approx([0.5, 0.5, 0.8])
-    assert joined["label"].tolist() == [0, 1, 0, 1, 0, 1]
+@pytest.mark.parametrize("environment", ["local", "production"])
+def test_training_joins_are_point_in_time_correct(spark, lake, monkeypatch, request, environment):
+    """The same answers from Feast's file offline store (local) and its Spark offline store (production)."""
+    with contextlib.ExitStack() as stack:
+        if environment == "production":
+            request.getfixturevalue("postgres"), request.getfixturevalue("redis")
+            stack.enter_context(production(monkeypatch, redis_db=6))
+        # user 7 is "browsers" as of the end of Oct 1 and "champions" as of the end of Oct 2; item 10 costs 5 then 8
+        write_gold(spark, [user_row(7, 1, "browsers"), user_row(7, 2, "champions"), user_row(8, 2, "loyal", 20.0)],
+                   [item_row(10, 1, 5.0), item_row(10, 2, 8.0), item_row(11, 1, 3.0)])  # fmt: skip
+        store = feature_store.get_store()
+        feature_store.apply(store)
+        times = ["2019-10-01 12:00", "2019-10-02 00:00", "2019-10-02 23:59", "2019-10-03 08:00", "2019-10-09 00:00"]
+        entity_df = pd.DataFrame({
+            "user_id": [7, 7, 7, 7, 7, 999, 7, 8], "item_id": [10, 10, 10, 10, 10, 10, 11, 10],
+            "label": [0, 1, 0, 1, 0, 1, 0, 1],
+            "event_timestamp": pd.to_datetime([*times, "2019-10-02 12:00", *["2019-10-03 08:00"] * 2]).tz_localize("UTC"),
+        })  # fmt: skip
+        joined = feature_store.historical_features(
+            spark,
+            store,
+            entity_df,
+            ["user_profile:segment", "item_stats:price_mean", "price_for_user:price_to_user_average"],
+        )
+        assert len(joined) == 8  # every entity row kept
+        segments = ["browsers", "browsers", "champions", None, None, "champions", "loyal"]
+        assert joined["user_profile__segment"].tolist() == [None, *segments]
+        #  before any feature time: nothing; at and after Oct 1's end: Oct 1's value, never Oct 2's before its end;
+        #  6 days after the last feature time the 3-day TTL has passed; an unknown user gets nulls. The last two rows
+        #  share a time with the fourth: the same user with another item, another user with the same item; each gets
+        #  its own features (Feast's file store answers only one row of a shared entity and time)
+        prices = joined["item_stats__price_mean"].tolist()
+        assert pd.isna(prices[0]) and prices[1:4] == [5.0, 5.0, 8.0] and pd.isna(prices[4]) and prices[5:] == [5, 3, 8]
+        relative = joined["price_for_user__price_to_user_average"].tolist()
+        assert relative[1:4] == pytest.approx([0.5, 0.5, 0.8]) and relative[6:] == pytest.approx([0.3, 0.4])
+        assert joined["label"].tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
 
 
 @contextlib.contextmanager
@@ -206,7 +217,11 @@ def test_production_environment_on_postgres_and_redis(spark, lake, monkeypatch, 
                                                [{"user_id": 8}, {"user_id": 404}])  # fmt: skip
         assert online["segment"] == ["loyal", None]
         assert feature_store.check_consistency(spark, store)["user_profile"] == 2
-        # the Spark offline store reads the same Delta snapshots through the views the storage layer registers
+        # the Spark offline store reads the same Delta snapshots through the views the storage layer registers;
+        # a process that did not publish (the CLI's training-set, an Airflow task) has none registered yet
+        for view in spark.catalog.listTables():
+            if view.isTemporary and view.name.startswith("shoplake_"):
+                spark.catalog.dropTempView(view.name)
         joined = feature_store.historical_features(spark, store, pd.DataFrame({
             "user_id": [7], "item_id": [10], "event_timestamp": pd.to_datetime(["2019-10-02 06:00"]).tz_localize("UTC"),
         }), ["user_profile:segment"])  # fmt: skip
