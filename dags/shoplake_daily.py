@@ -10,11 +10,14 @@ features are online it emits the `shoplake://feast/features` asset, on which `sh
 and gold as of `end` (for gold as of every day, the history training sets read, use Airflow's Backfill: one run per
 date); `full_refresh` rebuilds silver for every date in bronze and re-embeds every item; `skip_stages` leaves stages
 out (the tables keep their last versions); `sample_fraction` computes gold on that share of users, for a quick
-trial; `events` ingests a file or folder instead of the landing folder (`$SHOPLAKE_HOME/landing`).
+trial; `events` ingests a file or folder instead of the landing folder (`$SHOPLAKE_HOME/landing`); `items` merges
+an item catalogue (CSV or JSON lines: titles, descriptions, attributes) into `items`, whose changed texts the
+embedding stage then re-embeds.
 
 **Triage a failure**
 - `plan_run` failed: the parameters do not fit together (the message says which); nothing ran.
-- `ingest` failed: a file is unreadable or not in the events format; its name is in the log. Nothing was committed.
+- `ingest` failed: a file is unreadable or not in the events (or catalogue) format; its name is in the log. Nothing
+  of that file was committed; clearing the task is safe (files already landed are skipped, a catalogue merges again).
 - a `validate_*` task failed: a quality gate stopped publishing. The log names the table, the expectation and
   offending rows; the previously published versions keep serving. Open the Data Docs (`data_docs` task log has the
   link), fix the source, then clear the failed task — every task replaces the partitions of its dates, so reruns
@@ -81,6 +84,7 @@ def _skipped(plan: dict[str, Any], stage: str) -> bool:
             1.0, type="number", exclusiveMinimum=0, maximum=1, description="Share of users gold is computed on."
         ),
         "events": Param(None, type=["null", "string"], description="File or folder to ingest instead of the landing folder."),
+        "items": Param(None, type=["null", "string"], description="Item catalogue (CSV or JSON lines) to merge into items."),
     },
 )  # fmt: skip
 def shoplake_daily() -> None:
@@ -97,7 +101,8 @@ def shoplake_daily() -> None:
 
         if _skipped(plan, "ingest"):
             return {"version": None, "ingest_run_id": plan["run_id"], "new_dates": []}
-        return orchestration.ingest(orchestration.landing_files(plan["events"]), None, plan["run_id"]).log()
+        files = orchestration.landing_files(plan["events"])
+        return orchestration.ingest(files, plan["items"], plan["run_id"]).log()
 
     @task
     def validate_raw(plan: dict[str, Any], landed: dict[str, Any]) -> dict[str, Any]:

@@ -17,10 +17,9 @@ from shoplake.errors import ShoplakeError
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
-EventsOption = Annotated[
-    list[Path],
-    typer.Option("--events", help="Events file (CSV or JSON lines, optionally .gz) or a folder of them; repeatable."),
-]
+EVENTS_HELP = "Events file (CSV or JSON lines, optionally .gz) or a folder of them; repeatable."
+EventsOption = Annotated[list[Path], typer.Option("--events", help=EVENTS_HELP)]
+OptionalEventsOption = Annotated[list[Path] | None, typer.Option("--events", help=EVENTS_HELP)]
 ItemsOption = Annotated[Path | None, typer.Option("--items", help="Item catalogue (CSV or JSON lines).")]
 RunIdOption = Annotated[str | None, typer.Option("--run-id", help="Run id to record; default: a new one.")]
 DateOption = Annotated[
@@ -156,11 +155,17 @@ def _kg(as_of: dt.date, run_id: str) -> None:
 
 @app.command()
 @_clear_errors
-def ingest(events: EventsOption, items: ItemsOption = None, run_id: RunIdOption = None) -> None:
-    """Land events files into bronze (a file already landed is skipped) and, optionally, an item catalogue."""
+def ingest(
+    events: OptionalEventsOption = None,
+    items: ItemsOption = None,
+    run_id: RunIdOption = None,
+) -> None:
+    """Land events files into bronze (a file already landed is skipped), an item catalogue, or both."""
     from spark_jobs.bronze import new_run_id
 
-    _ingest(events, items, run_id or new_run_id("ingest"))
+    if not events and items is None:
+        raise ShoplakeError("give --events, --items or both")
+    _ingest(events or [], items, run_id or new_run_id("ingest"))
 
 
 @app.command()

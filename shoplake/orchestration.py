@@ -89,21 +89,32 @@ def bronze_dates() -> list[dt.date]:
 
 
 def ingest(event_paths: Sequence[str], items_path: str | None, run_id: str) -> Step:
-    """Land the events files (a file already landed is skipped) and, optionally, a catalogue."""
+    """Land the events files (a file already landed is skipped) and, optionally, a catalogue (with or without
+    events: a shop's catalogue changes on its own schedule). The catalogue is checked before any events land and
+    merged after them, so an input refused at either step leaves nothing committed."""
+    from pathlib import Path
+
     from spark_jobs import bronze, items
 
-    if not event_paths:
-        return Step(["bronze_events: no events files to land"], {"version": None, "ingest_run_id": run_id, "rows": 0,
-                                                                 "dates": [], "new_dates": []})  # fmt: skip
     for path in event_paths:
         bronze.file_format(path)  # an unsupported format fails before Spark starts
+    if items_path is not None and not Path(items_path).is_file():
+        raise ShoplakeError(f"{items_path}: no such file")
+    catalog = items.prepare_catalog(_spark(), items_path, now()) if items_path is not None else None
+
+    def merge_catalog() -> list[str]:
+        if catalog is None:
+            return []
+        result = items.merge_catalog(catalog, run_id=run_id)
+        return [f"items: {result.rows:,} catalogue rows merged, version {result.version}"]
+
+    if not event_paths:
+        outputs: dict[str, Any] = {"version": None, "ingest_run_id": run_id, "rows": 0, "dates": [], "new_dates": []}
+        return Step(["bronze_events: no events files to land", *merge_catalog()], outputs)
     spark = _spark()
     landed = bronze.land_event_files(spark, list(event_paths), run_id=run_id, ingested_at=now())
     lines = [f"bronze_events: {landed.rows_landed:,} rows from {len(landed.files_landed)} new files "
-             f"({len(landed.files_already_landed)} already landed), version {landed.version}"]  # fmt: skip
-    if items_path is not None:
-        result = items.land_catalog(spark, items_path, run_id=run_id, updated_at=now())
-        lines.append(f"items: {result.rows:,} catalogue rows merged, version {result.version}")
+             f"({len(landed.files_already_landed)} already landed), version {landed.version}", *merge_catalog()]  # fmt: skip
     dates = bronze.event_dates(spark, landed.checksums) if landed.checksums else []
     new_dates = bronze.event_dates(spark, landed.checksums_landed) if landed.checksums_landed else []
     outputs = {
@@ -285,6 +296,7 @@ def plan_run(params: Mapping[str, Any], logical_date: dt.datetime | None, dag_ru
         "skip": skip,
         "sample_fraction": fraction,
         "events": params.get("events") or None,
+        "items": params.get("items") or None,
     }
 
 

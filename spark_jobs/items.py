@@ -73,11 +73,21 @@ def check_catalog(raw: DataFrame, items: DataFrame, path: str) -> None:
         raise InputError(f"{path}: item_id given more than once, e.g. {examples}")
 
 
-def land_catalog(spark: SparkSession, path: str, *, run_id: str, updated_at: dt.datetime) -> storage.WriteResult:
+def prepare_catalog(spark: SparkSession, path: str, updated_at: dt.datetime) -> DataFrame:
+    """The catalogue's items, checked: a bad catalogue is refused whole, before anything is written."""
     raw = read_catalog(spark, path)
     items = transform_catalog(raw, updated_at)
     check_catalog(raw, items, path)
+    return items
+
+
+def merge_catalog(items: DataFrame, *, run_id: str) -> storage.WriteResult:
+    """Upsert prepared catalogue items on ``item_id``."""
     return storage.merge_table(items, ITEMS, run_id=run_id)
+
+
+def land_catalog(spark: SparkSession, path: str, *, run_id: str, updated_at: dt.datetime) -> storage.WriteResult:
+    return merge_catalog(prepare_catalog(spark, path, updated_at), run_id=run_id)
 
 
 def transform_latest_values(events: DataFrame, columns: Sequence[str]) -> DataFrame:

@@ -49,9 +49,11 @@ def test_generate_ingest_a_folder_list_tables_then_gold_for_each_date_of_a_range
     result = runner.invoke(app, ["generate", "--events", "3000", "--days", "3", "--items", "100", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "3,000 events" in result.output
-    result = runner.invoke(app, ["ingest", "--events", str(out / "events"), "--items", str(out / "items.jsonl")])
+    result = runner.invoke(app, ["ingest", "--events", str(out / "events")])
     assert result.exit_code == 0, result.output
     assert "bronze_events: 3,000 rows from 3 new files" in result.output
+    result = runner.invoke(app, ["ingest", "--items", str(out / "items.jsonl")])  # a catalogue on its own
+    assert result.exit_code == 0, result.output
     assert "items: 100 catalogue rows merged" in result.output
     result = runner.invoke(app, ["tables"])
     assert result.exit_code == 0, result.output
@@ -144,5 +146,20 @@ def test_bad_input_exits_non_zero_with_one_clear_line(spark, lake, tmp_path):
     assert f"error: {bad}: not an events file" in result.output
     result = runner.invoke(app, ["ingest", "--events", str(tmp_path / "nope.csv")])
     assert result.exit_code == 2 and "no such file" in result.output
+    result = runner.invoke(app, ["ingest"])
+    assert result.exit_code == 2 and "error: give --events, --items or both" in result.output
+
+    # events and a catalogue together: whichever is refused, neither is committed
+    from shoplake import storage
+
+    catalog, bad_catalog, no_header = tmp_path / "items.jsonl", tmp_path / "bad.jsonl", tmp_path / "events.csv"
+    catalog.write_text('{"item_id": 9, "title": "Kettle"}\n')
+    bad_catalog.write_text('{"item_id": "abc"}\n')
+    no_header.write_text("2019-10-01 00:00:00 UTC,view,1,2,,,1.0,3,s\n")
+    result = runner.invoke(app, ["ingest", "--events", str(no_header), "--items", str(catalog)])
+    assert result.exit_code == 2 and "not a CSV events file" in result.output
+    result = runner.invoke(app, ["ingest", "--events", str(SAMPLE_EVENTS), "--items", str(bad_catalog)])
+    assert result.exit_code == 2 and "item_id that is not an integer" in result.output
+    assert storage.table_version("items") is None and storage.table_version("bronze_events") is None
     result = runner.invoke(app, ["vacuum", "not_a_table"])
     assert result.exit_code == 2 and "unknown table 'not_a_table'" in result.output

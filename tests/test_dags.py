@@ -123,13 +123,18 @@ def test_params_that_do_not_fit_together_are_refused_before_any_data_task():
 
 
 @pytest.mark.slow
-def test_dag_test_runs_the_whole_pipeline_on_the_sample(spark, lake, dagbag):
+def test_dag_test_runs_the_whole_pipeline_on_the_sample(spark, lake, dagbag, tmp_path):
     from airflow.utils.state import DagRunState
+    from pyspark.sql import functions as F
 
+    catalog = tmp_path / "items.jsonl"  # the sample's water heater, as a catalogue describes it
+    catalog.write_text('{"item_id": 3900821, "title": "Aqua 80 l water heater", "brand": "aqua"}\n')
     dag = dagbag.get_dag("shoplake_daily")
-    run = dag.test(run_conf={"events": str(SAMPLE_EVENTS), "date": "2019-10-01"})
+    run = dag.test(run_conf={"events": str(SAMPLE_EVENTS), "items": str(catalog), "date": "2019-10-01"})
     assert run.state == DagRunState.SUCCESS
     assert storage.read_table(spark, "silver_events").count() == 17_410
+    heater = storage.read_table(spark, "items").filter(F.col("item_id") == 3900821).first()
+    assert (heater.title, heater.source) == ("Aqua 80 l water heater", "catalog")
     for table in ("interactions", "user_features", "item_features", "item_embeddings", "kg_nodes", "kg_edges"):
         assert storage.table_version(table) is not None, table
     from expectations.gate import published_version
