@@ -63,8 +63,26 @@ def transform_labelled_views(events: DataFrame, label_window_hours: float) -> Da
     )
 
 
+def missing_gold_dates(first: dt.date, last: dt.date) -> list[dt.date]:
+    """The days before ``first``..``last`` that gold has no features as of: views on the day after one see older
+    features (within a view's TTL) or none. A pipeline over many days computes gold as of its last day only."""
+    from shoplake.catalog import USER_FEATURES
+
+    computed = set()
+    if storage.table_version(USER_FEATURES) is not None:
+        computed = {p["as_of_date"] for p in storage.partition_values(USER_FEATURES)}
+    days = ((first - dt.timedelta(days=1)) + dt.timedelta(days=n) for n in range((last - first).days + 1))
+    return [d for d in days if d.isoformat() not in computed]
+
+
+def _gold_hint(missing: list[dt.date]) -> str:
+    dates = f"--date {missing[0]}" if len(missing) == 1 else f"--start {missing[0]} --end {missing[-1]}"
+    listed = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return f"gold has no features as of {listed}; `shoplake gold {dates}` computes them"
+
+
 def check_training_set(
-    spark: SparkSession, joined: Any, feature_columns: list[str], max_null_rate: float, name: str
+    spark: SparkSession, joined: Any, feature_columns: list[str], max_null_rate: float, name: str, hint: str = ""
 ) -> None:
     """The training-set gate (GX on a Spark DataFrame of the rows); a failure names the columns, writes nothing."""
     import pandas as pd
@@ -83,7 +101,8 @@ def check_training_set(
     outcome = run_suite(frame, build_suite(feature_columns, max_null_rate))
     if not outcome.passed:
         failures = "; ".join(o.describe() for o in outcome.failures("critical"))
-        raise ShoplakeError(f"training set {name} failed its quality gate, nothing written: {failures}")
+        raise ShoplakeError(f"training set {name} failed its quality gate, nothing written: {failures}"
+                            + (f" ({hint})" if hint else ""))  # fmt: skip
 
 
 def build_training_set(
@@ -108,7 +127,11 @@ def build_training_set(
         raise ShoplakeError(f"training set: {len(labelled)} labelled views but {len(joined)} rows with features")
     feature_columns = [f.replace(":", "__") for f in TRAINING_FEATURES]
     null_rates = {c: float(joined[c].isna().mean()) for c in feature_columns if c in joined}
-    check_training_set(spark, joined, feature_columns, settings.quality_max_training_null_rate, name)
+    missing = missing_gold_dates(first, last)
+    hint = _gold_hint(missing) if missing else ""
+    check_training_set(spark, joined, feature_columns, settings.quality_max_training_null_rate, name, hint)
+    if hint:
+        log.warning("training set %s: %s", name, hint)
     out = settings.home / "exports" / "training_sets" / f"{name}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     staged = out.with_suffix(".parquet.partial")

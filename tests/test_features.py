@@ -12,6 +12,7 @@ import pytest
 
 from shoplake import feature_store, redis_writer, storage
 from shoplake.catalog import ITEM_EMBEDDINGS, ITEM_FEATURES, ITEM_NEIGHBORS, USER_FEATURES, USER_ITEMS
+from shoplake.errors import ShoplakeError
 from shoplake.settings import get_settings
 
 AT = dt.datetime(2026, 1, 1)
@@ -386,3 +387,11 @@ def test_a_training_set_gets_point_in_time_features_and_passes_its_gate(spark, l
     frame = pd.read_parquet(result.path).sort_values("user_id")
     assert (result.rows, result.positives) == (2, 1)
     assert frame["label"].tolist() == [1, 0] and frame["user_profile__segment"].tolist() == ["browsers", "loyal"]
+
+    # views five days later: gold has no features as of the day before them, and the gate's error says how to fix it
+    late = [(f"x{n}", dt.datetime(2019, 10, 6, 9 + n), "view", 10, 1, "kids.toys", "lego", 5.0, user, f"t{user}",
+             f"t{user}", False, "f", n, "c", "r", AT, dt.date(2019, 10, 6)) for n, user in enumerate((7, 8))]  # fmt: skip
+    storage.write_table(spark.createDataFrame(late, SILVER_EVENTS.schema), SILVER_EVENTS, "append", run_id="t")
+    with pytest.raises(ShoplakeError, match=r"gold has no features as of 2019-10-05; `shoplake gold --date 2019-10-05`"):
+        build_training_set(spark, dt.date(2019, 10, 6), dt.date(2019, 10, 6), name="t")
+    assert result.path.is_file()  # the earlier set stays as it was
