@@ -9,8 +9,8 @@ features are online it emits the `shoplake://feast/features` asset, on which `sh
 **Trigger with parameters** (Trigger DAG ▸ with config): `date`, or `start` and `end` to rebuild silver for a range
 and gold as of `end` (for gold as of every day, the history training sets read, use Airflow's Backfill: one run per
 date); `full_refresh` rebuilds silver for every date in bronze and re-embeds every item; `skip_stages` leaves stages
-out (the tables keep their last versions); `sample_fraction` computes gold on that share of users, for a quick
-trial; `events` ingests a file or folder instead of the landing folder (`$SHOPLAKE_HOME/landing`); `items` merges
+out (the tables keep their last versions); `sample_fraction` < 1 makes a trial: gold on that share of users,
+audited and then put back to its published contents, nothing published to Feast; `events` ingests a file or folder instead of the landing folder (`$SHOPLAKE_HOME/landing`); `items` merges
 an item catalogue (CSV or JSON lines: titles, descriptions, attributes) into `items`, whose changed texts the
 embedding stage then re-embeds.
 
@@ -81,7 +81,8 @@ def _skipped(plan: dict[str, Any], stage: str) -> bool:
             uniqueItems=True, description="Stages to leave out.",
         ),
         "sample_fraction": Param(
-            1.0, type="number", exclusiveMinimum=0, maximum=1, description="Share of users gold is computed on."
+            1.0, type="number", exclusiveMinimum=0, maximum=1,
+            description="Share of users gold is computed on; below 1, a trial that publishes nothing."
         ),
         "events": Param(None, type=["null", "string"], description="File or folder to ingest instead of the landing folder."),
         "items": Param(None, type=["null", "string"], description="Item catalogue (CSV or JSON lines) to merge into items."),
@@ -192,8 +193,12 @@ def shoplake_daily() -> None:
     @task(**TRANSIENT)
     def publish_features(plan: dict[str, Any], graph_checked: dict[str, Any]) -> dict[str, Any]:
         """Materializes what the gates published (a failed gate restored the last good contents)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from shoplake import orchestration
 
+        if plan["sample_fraction"] < 1:  # the consistency check, its asset and the evaluation are skipped with it
+            raise AirflowSkipException("a trial run (sample_fraction < 1) publishes nothing to Feast")
         return orchestration.publish_features(plan["full_refresh"]).log()
 
     @task(outlets=[FEATURES_ONLINE])

@@ -3,10 +3,12 @@
 ``audit`` validates one table version with its suite (through GX's Spark data source, in a file-backed GX
 context under ``$SHOPLAKE_HOME/gx`` so every result lands in the Data Docs site), records a JSON summary in
 ``run_metrics`` and returns the outcome. ``publish`` records versions in ``published_versions``; readers that
-serve features (Feast) read ``published_version(table)``. ``audit_and_publish`` does both for a stage; on a critical failure it publishes
-nothing, restores the stage's tables to their last published contents (the failed version stays in the Delta
-history) and raises ``QualityGateError`` naming the table, the expectation and a sample of offending rows — so
-the previously published versions keep serving, to Feast and to the next stage alike.
+serve features (Feast) read ``published_version(table)``. ``audit_and_publish`` does both for a stage (its audited
+tables and those derived from them); on a critical failure it publishes nothing, restores the stage's tables to
+their last published contents (the failed version stays in the Delta history) and raises ``QualityGateError``
+naming the table, the expectation and a sample of offending rows — so the previously published versions keep
+serving, to Feast and to the next stage alike. A trial (gold on a sample of users) is audited and then restored
+the same way, never published.
 """
 
 from __future__ import annotations
@@ -132,19 +134,31 @@ def audit_and_publish(
     run_id: str,
     at: dt.datetime,
     run_date: dt.date | None = None,
+    derived: Mapping[str, int] | None = None,
+    trial: bool = False,
 ) -> list[AuditResult]:
-    """Audit every (check, version); publish them all only if no critical expectation failed anywhere."""
+    """Audit every (check, version); publish them all only if no critical expectation failed anywhere.
+
+    ``derived``: (table, version) the stage wrote from the audited tables without a suite of their own (gold's
+    similarity, neighbour and popularity tables): published with them, and put back with them on a failure.
+    ``trial``: audit only (a run on a sample of users): every table goes back to its published contents."""
     results = [
         audit(spark, check, version, run_id=run_id, recorded_at=at, run_date=run_date)
         for check, version in checks.values()
     ]
     write_run_history(spark)
+    tables = [*(r.table for r in results), *(derived or {})]
     failed = [r for r in results if not r.outcome.passed]
     if failed:
-        restored = _restore_published(spark, [r.table for r in results])
+        restored = _restore_published(spark, tables)
         raise QualityGateError(_failure_message(failed, restored))
-    publish(spark, {r.table: r.version for r in results}, run_id=run_id, published_at=at, run_date=run_date)
-    log.info("published %s", {r.table: r.version for r in results})
+    if trial:
+        _restore_published(spark, tables)
+        log.info("trial run %s: audited, nothing published", run_id)
+        return results
+    versions = {**{r.table: r.version for r in results}, **(derived or {})}
+    publish(spark, versions, run_id=run_id, published_at=at, run_date=run_date)
+    log.info("published %s", versions)
     return results
 
 
@@ -157,7 +171,7 @@ def _restore_published(spark: SparkSession, tables: list[str]) -> dict[str, int 
         good = published_version(spark, table)
         if good is not None and storage.table_version(table) != good:
             storage.restore_table(table, good)
-            log.warning("%s: restored to published version %d after a failed gate", table, good)
+            log.warning("%s: restored to published version %d", table, good)
         restored[table] = good
     return restored
 

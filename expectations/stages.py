@@ -80,7 +80,9 @@ def validate_gold(
     history: DataFrame,
     run_id: str,
     at: dt.datetime,
+    trial: bool = False,
 ) -> list[AuditResult]:
+    """Gold's three audited tables and, published or put back with them, the tables derived from them."""
     on_date = _on_date(as_of_date)
     checks = {
         INTERACTIONS.name: Audit(
@@ -95,6 +97,8 @@ def validate_gold(
         run_id=run_id,
         at=at,
         run_date=as_of_date,
+        derived={name: version for name, version in versions.items() if name not in checks},
+        trial=trial,
     )
 
 

@@ -43,13 +43,13 @@ def _spark() -> Any:
     return get_spark("shoplake")
 
 
-def _quality_lines(results: Sequence[Any]) -> list[str]:
+def _quality_lines(results: Sequence[Any], published: bool = True) -> list[str]:
     lines = []
     for result in results:
         warnings = result.outcome.failures("warning")
         note = f", {len(warnings)} warnings" if warnings else ""
         lines.append(f"  quality: {result.table} v{result.version} passed {len(result.outcome.outcomes)} "
-                     f"expectations{note}; published")  # fmt: skip
+                     f"expectations{note}; {'published' if published else 'not published'}")  # fmt: skip
     return lines
 
 
@@ -208,8 +208,13 @@ def validate_gold(versions: Mapping[str, int], as_of: dt.date, run_id: str, samp
 
     spark = _spark()
     history = read_history(spark, AsOf(as_of, now()), get_settings().history_days, sample_fraction)
-    results = gate(spark, versions, as_of, history=history, run_id=run_id, at=now())
-    return Step(_quality_lines(results), {r.table: r.version for r in results})
+    trial = sample_fraction < 1
+    results = gate(spark, versions, as_of, history=history, run_id=run_id, at=now(), trial=trial)
+    lines = _quality_lines(results, published=not trial)
+    if trial:
+        lines.append(f"  trial (users sampled: {sample_fraction:.0%}): gold audited, not published; its tables are "
+                     "back to their published contents (the trial's versions stay in their Delta history)")  # fmt: skip
+    return Step(lines, {r.table: r.version for r in results})
 
 
 def embed(run_id: str, full_refresh: bool = False) -> Step:

@@ -147,3 +147,17 @@ def test_dag_test_runs_the_whole_pipeline_on_the_sample(spark, lake, dagbag, tmp
     downstream = dagbag.get_dag("shoplake_marketing").test()
     assert downstream.state == DagRunState.SUCCESS
     assert (lake / "reports" / "marketing" / "index.html").is_file()
+
+    # a trial: gold on half the users is audited, then every gold table is back to its published contents, and
+    # nothing is published to Feast (the consistency check, its asset and the evaluation are skipped with it)
+    from spark_jobs.gold import GOLD_TABLES
+
+    published = {t.name: storage.read_table(spark, t).count() for t in GOLD_TABLES}
+    trial = dag.test(run_conf={"date": "2019-10-01", "sample_fraction": 0.5,
+                               "skip_stages": ["ingest", "silver", "embed", "kg"]})  # fmt: skip
+    assert trial.state == DagRunState.SUCCESS
+    states = {ti.task_id: ti.state for ti in trial.get_task_instances()}
+    assert states["validate_gold"] == "success" and states["publish_features"] == "skipped"
+    assert states["consistency_check"] == "skipped" and states["data_docs"] == "success"
+    assert {t.name: storage.read_table(spark, t).count() for t in GOLD_TABLES} == published
+    assert published_version(spark, "user_features") == storage.table_version("user_features") - 2  # trial, restore

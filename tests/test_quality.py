@@ -22,6 +22,7 @@ from expectations.gate import Audit, QualityGateError, audit_and_publish, publis
 from expectations.runner import run_suite
 from shoplake import storage
 from shoplake.catalog import (
+    CATEGORY_POPULAR,
     INTERACTIONS,
     ITEM_EMBEDDINGS,
     ITEM_FEATURES,
@@ -225,6 +226,36 @@ def test_every_critical_expectation_has_a_defect_test():
     assert missing == [
         ("silver", "expect_column_pair_values_a_to_be_greater_than_b", "quarantine_ceiling vs quarantine_share")
     ]
+
+
+def test_tables_derived_by_a_stage_are_published_and_put_back_with_the_audited_ones(spark, lake):
+    """Gold writes eight tables and audits three; the other five (neighbours, user items, popular items that Feast
+    serves) must follow the verdict too. A trial is audited, then everything goes back to its published contents."""
+    check = Audit(S, silver_events.suite, lambda df: silver_events.prepare(
+        df, first=DAY, last=DAY, quarantine_share=0.0, quarantine_ceiling=0.05))  # fmt: skip
+
+    def write(rows, popular):
+        audited = storage.write_table(spark.createDataFrame(rows, S.schema), S, "overwrite", run_id="r").version
+        derived = storage.write_table(spark.createDataFrame([["(all)", popular, T2, AT, DAY]], CATEGORY_POPULAR.schema),
+                                      CATEGORY_POPULAR, "overwrite", run_id="r").version  # fmt: skip
+        return {"silver_events": (check, audited)}, {"category_popular": derived}
+
+    def popular():
+        return [r.item_ids for r in storage.read_table(spark, CATEGORY_POPULAR).collect()]
+
+    checks, derived = write(silver_rows(), [10, 11])
+    audit_and_publish(spark, checks, derived=derived, run_id="r1", at=AT)
+    assert published_version(spark, CATEGORY_POPULAR) == 0
+
+    checks, derived = write(set_value(silver_rows(), 1, "price", -3.0, S), [99])  # a negative price fails silver
+    with pytest.raises(QualityGateError):
+        audit_and_publish(spark, checks, derived=derived, run_id="r2", at=AT)
+    assert popular() == [[10, 11]] and published_version(spark, CATEGORY_POPULAR) == 0
+
+    checks, derived = write(silver_rows()[:2], [42])  # passes its gate, but as a trial
+    audit_and_publish(spark, checks, derived=derived, run_id="r3", at=AT, trial=True)
+    assert popular() == [[10, 11]] and storage.read_table(spark, S).count() == 3
+    assert published_version(spark, CATEGORY_POPULAR) == 0 and published_version(spark, S) == 0
 
 
 def test_a_failed_gate_publishes_nothing_and_names_table_expectation_and_rows(spark, lake):
