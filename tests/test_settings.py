@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 from shoplake.settings import Settings
 from shoplake.spark import spark_conf
 
@@ -33,3 +38,23 @@ def test_environment_overrides_and_cloud_uris_pass_through(monkeypatch):
     assert conf["spark.executor.memory"] == "8g"
     assert conf["spark.sql.shuffle.partitions"] == "400"  # the user's conf wins over the small-machine default
     assert conf["spark.sql.session.timeZone"] == "UTC"
+
+
+def test_a_machine_in_another_time_zone_keeps_every_time_in_utc(tmp_path):
+    """PySpark turns naive datetimes (literals) into instants, and collected timestamps back into datetimes, in the
+    Python process's local zone; shoplake's session makes that zone UTC, as Spark's session zone is."""
+    script = textwrap.dedent("""
+        import datetime as dt
+        from pyspark.sql import functions as F
+        from shoplake.spark import get_spark
+
+        row = get_spark().range(1).select(
+            F.date_format(F.lit(dt.datetime(2019, 10, 1, 2, 44)), "yyyy-MM-dd HH:mm").alias("literal"),
+            F.to_timestamp(F.lit("2019-10-01 02:44:00")).alias("collected"),
+        ).first()
+        print(row.literal, row.collected.isoformat())
+    """)
+    env = {**os.environ, "TZ": "America/New_York", "SHOPLAKE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "2019-10-01 02:44 2019-10-01T02:44:00"  # New York would say 06:44, 22:44
