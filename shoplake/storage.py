@@ -152,7 +152,7 @@ def read_table(spark: SparkSession, table: str | TableSpec, version: int | None 
     return (
         spark.read.schema(spec.schema)
         .option("basePath", _spark_path(uri))
-        .parquet(*(_spark_path(f) for f in files))
+        .parquet(*(_spark_path(unquote(f)) for f in files))  # delta-rs escapes them (a space: %20)
         .select(*spec.columns)
     )
 

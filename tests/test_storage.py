@@ -115,6 +115,23 @@ def test_merge_into_a_new_table_creates_it(spark, lake):
     assertDataFrameEqual(read(spark), rows)
 
 
+def test_a_lake_in_a_folder_whose_name_needs_escaping_reads_writes_and_merges(spark, tmp_path, monkeypatch):
+    """delta-rs escapes file paths in URIs (a space is %20); Spark must be given the paths as they are on disk."""
+    from shoplake.settings import get_settings
+
+    monkeypatch.setenv("SHOPLAKE_HOME", str(tmp_path / "my shop 100% ü"))
+    get_settings.cache_clear()
+    try:
+        storage.write_table(interactions(spark, [(D1, 1, 10, 1, 1.0), (D2, 2, 20, 1, 1.0)]), "interactions")
+        storage.write_table(interactions(spark, [(D2, 3, 30, 1, 1.0)]), "interactions", "overwrite_partitions")
+        storage.merge_table(interactions(spark, [(D1, 1, 10, 5, 2.0)]), "interactions")
+        got = sorted((r.as_of_date, r.user_id, r.views) for r in read(spark).collect())
+        assert got == [(D1, 1, 5), (D2, 3, 1)]
+        assert read(spark, version=0).count() == 2
+    finally:
+        get_settings.cache_clear()
+
+
 def test_time_travel_reads_an_earlier_version(spark, lake):
     first = interactions(spark, [(D1, 1, 10, 1, 1.0)])
     storage.write_table(first, "interactions")
