@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SAMPLE := data/rees46/2019-Oct-first-3h.csv
 # Airflow, local: SQLite metadata under .shoplake/airflow, LocalExecutor, this repository's dags/
-AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.shoplake/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+AIRFLOW_ENV := AIRFLOW_HOME="$(CURDIR)/.shoplake/airflow" AIRFLOW__CORE__DAGS_FOLDER="$(CURDIR)/dags" \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__CORE__EXECUTOR=LocalExecutor
 
 .DEFAULT_GOAL := help
