@@ -67,12 +67,13 @@ def missing_gold_dates(first: dt.date, last: dt.date) -> list[dt.date]:
     """The days before ``first``..``last`` that gold has no features as of: views on the day after one see older
     features (within a view's TTL) or none. A pipeline over many days computes gold as of its last day only."""
     from shoplake.catalog import USER_FEATURES
+    from spark_jobs.silver import dates_between
 
     computed = set()
     if storage.table_version(USER_FEATURES) is not None:
         computed = {p["as_of_date"] for p in storage.partition_values(USER_FEATURES)}
-    days = ((first - dt.timedelta(days=1)) + dt.timedelta(days=n) for n in range((last - first).days + 1))
-    return [d for d in days if d.isoformat() not in computed]
+    day = dt.timedelta(days=1)
+    return [d for d in dates_between(first - day, last - day) if d.isoformat() not in computed]
 
 
 def _gold_hint(missing: list[dt.date]) -> str:
