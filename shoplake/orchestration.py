@@ -349,6 +349,9 @@ def evaluate_recommender(as_of: dt.date, run_id: str) -> Step:
     k = result.k
     line = (f"evaluation ({result.users:,} users, split at {result.split_at:%Y-%m-%d %H:%M}): "
             + ", ".join(f"{m} {v:.4f}" for m, v in result.metrics.items()))  # fmt: skip
+    if not result.users:
+        line = (f"evaluation: nothing measured; no user has events both before and after the split at "
+                f"{result.split_at:%Y-%m-%d %H:%M} (a longer history gives the split users on both sides)")  # fmt: skip
     return Step([line], {"users": result.users, "k": k, **result.metrics})
 
 

@@ -8,8 +8,9 @@ For a user with history (``user_history``: their strongest items j with scores r
 3. embedding score: cosine between the candidate's embedding and the user's profile vector (the r-weighted mean
    of their items' embeddings);
 4. blended: (1 − β) · CF / max CF + β · cosine, β = ``recommend_embedding_weight``; bought items never offered.
-A user without history (new, or unknown to the store) gets the most popular items of their top categories, or of
-the whole shop when nothing is known (``category_popular``).
+The most popular items of the user's top categories, then of the whole shop (``category_popular``), make up the
+list when CF finds fewer than k, and are the whole list for a user without history (new, or unknown to the store):
+the offline evaluation fills each user's list the same way, so its Recall/NDCG describe lists of this length.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from shoplake.errors import ShoplakeError
 from shoplake.feature_store import online_features
 from shoplake.settings import Settings, get_settings
 
@@ -30,10 +32,14 @@ from spark_jobs.item_features import ALL_CATEGORIES  # the category_popular row 
 
 @dataclass(frozen=True)
 class Scored:
+    """One recommended item; ``source`` says why: ``cf`` (scored by the blend) or ``popular`` (a popular item of
+    the user's categories or the shop, scored 1 / (1 + category rank + position / 1000) alone, or 0 after CF items)."""
+
     item_id: int
     score: float
     cf: float | None = None
     cosine: float | None = None
+    source: str = "cf"
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,8 @@ def _by_item(store: FeatureStore, features: list[str], item_ids: Iterable[int]) 
 
 
 def recommend(store: FeatureStore, user_id: int, k: int, settings: Settings | None = None) -> Recommendation:
+    if k < 1:
+        raise ShoplakeError(f"recommend: k must be at least 1, got {k}")
     settings = settings or get_settings()
     user = online_features(
         store,
@@ -114,7 +122,12 @@ def recommend(store: FeatureStore, user_id: int, k: int, settings: Settings | No
             Scored(i, round(blended, 6), round(cf[i], 6), None if similarity is None else round(similarity, 6))
         )
     scored.sort(key=lambda s: (-s.score, s.item_id))
-    return Recommendation(user_id, "cf+embedding", scored[:k])
+    picked = scored[:k]
+    if len(picked) < k:
+        taken = bought | {s.item_id for s in picked}
+        fill = popular_items(store, user["top_categories"][0] or [], taken, k - len(picked))
+        picked += [Scored(s.item_id, 0.0, source="popular") for s in fill]
+    return Recommendation(user_id, "cf+embedding", picked)
 
 
 def _profile(embeddings: dict[int, dict[str, Any]], rating: dict[int, float]) -> list[float] | None:
@@ -129,16 +142,20 @@ def _profile(embeddings: dict[int, dict[str, Any]], rating: dict[int, float]) ->
 
 
 def cold_start(store: FeatureStore, user_id: int, k: int, categories: list[str], bought: set[int]) -> Recommendation:
-    """The most popular items of the user's top categories in turn, then of the whole shop."""
+    return Recommendation(user_id, "cold_start", popular_items(store, categories, bought, k))
+
+
+def popular_items(store: FeatureStore, categories: list[str], taken: set[int], k: int) -> list[Scored]:
+    """The k most popular items of the user's top categories in turn, then of the whole shop, none of ``taken``."""
     keys = [*categories, ALL_CATEGORIES]
     popular = online_features(store, ["category_popular:item_ids"], [{"category": c} for c in keys])["item_ids"]
     picked: list[Scored] = []
-    seen: set[int] = set(bought)
+    seen = set(taken)
     for rank_group, ids in enumerate(popular):
         for position, item in enumerate(ids or []):
+            if len(picked) == k:
+                return picked
             if item not in seen:
                 seen.add(item)
-                picked.append(Scored(item, round(1.0 / (1 + rank_group + position / 1000), 6)))
-            if len(picked) == k:
-                return Recommendation(user_id, "cold_start", picked)
-    return Recommendation(user_id, "cold_start", picked)
+                picked.append(Scored(item, round(1.0 / (1 + rank_group + position / 1000), 6), source="popular"))
+    return picked

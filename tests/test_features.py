@@ -321,6 +321,43 @@ def test_ranking_metrics_by_hand(spark):
     assert (got[1].m_hit_rate, got[2].m_recall, got[2].m_ndcg, got[2].m_hit_rate) == (1.0, 0.0, 0.0, 0.0)
 
 
+def test_the_evaluation_makes_up_short_lists_as_the_online_recommender_does(spark):
+    from spark_jobs.evaluation import transform_popular_fill
+
+    users = spark.createDataFrame([(1,), (2,), (3,)], "user_id long")
+    affinity = spark.createDataFrame(
+        [(1, ["kids.toys", "home"]), (3, ["home"])], "user_id long, top_categories array<string>"
+    )
+    popular = spark.createDataFrame(
+        [("kids.toys", [10, 11, 12]), ("home", [20, 10, 21]), ("(all)", [30, 10, 20, 31])],
+        "category string, item_ids array<long>",
+    )
+    taken = spark.createDataFrame([(1, 11), (1, 30)], "user_id long, item_id long")  # bought, or already in the CF list
+    got = transform_popular_fill(users, affinity, popular, taken, 4).orderBy("user_id", "rank").collect()
+    lists = {u: [r.item_id for r in got if r.user_id == u] for u in (1, 2, 3)}
+    # user 1: kids.toys without 11, then home without 10 (already offered); user 2 knows no category: the shop's;
+    # user 3: home, then the shop's without 10 and 20
+    assert lists == {1: [10, 12, 20, 21], 2: [30, 10, 20, 31], 3: [20, 10, 21, 30]}
+    assert [r.rank for r in got if r.user_id == 1] == [1, 2, 3, 4]
+
+
+def test_an_evaluation_without_users_on_both_sides_of_the_split_measures_nothing(spark, lake):
+    from shoplake import orchestration
+    from shoplake.catalog import SILVER_EVENTS
+    from spark_jobs import items
+
+    day = dt.date(2019, 10, 1)
+    times = [dt.datetime(2019, 10, 1, 10), dt.datetime(2019, 10, 1, 11)]  # user 1 before the split, user 2 after
+    rows = [(f"e{u}", t, "view", 100 + u, None, "kids.toys", "b", 5.0, u, "s", "s", False, "f", u, "c", "r", t, day)
+            for u, t in zip((1, 2), times, strict=True)]  # fmt: skip
+    events = spark.createDataFrame(rows, SILVER_EVENTS.schema)
+    storage.write_table(events, SILVER_EVENTS, "append", run_id="t")
+    items.refresh_items_from_events(spark, events, run_id="t", updated_at=AT)
+    step = orchestration.evaluate_recommender(day, "eval-empty")
+    assert step.outputs == {"users": 0, "k": 20}
+    assert step.lines[0].startswith("evaluation: nothing measured; no user has events both before and after")
+
+
 def test_the_recommender_scores_by_the_cf_formula_online_and_cold_starts(spark, lake):
     from shoplake.catalog import CATEGORY_POPULAR
     from shoplake.recommender import recommend
@@ -336,7 +373,7 @@ def test_the_recommender_scores_by_the_cf_formula_online_and_cold_starts(spark, 
             row(ITEM_NEIGHBORS, item_id=5, neighbor_ids=[2, 1], neighbor_weights=[0.8, 0.1], **stamp),
         ],
         USER_FEATURES: [user_row(7, 1, "loyal")],
-        CATEGORY_POPULAR: [row(CATEGORY_POPULAR, category="kids", item_ids=[40, 41], **stamp),
+        CATEGORY_POPULAR: [row(CATEGORY_POPULAR, category="kids.toys", item_ids=[3, 4, 40], **stamp),
                            row(CATEGORY_POPULAR, category="(all)", item_ids=[41, 50, 51], **stamp)],
     }  # fmt: skip
     for spec, data in rows.items():
@@ -347,10 +384,17 @@ def test_the_recommender_scores_by_the_cf_formula_online_and_cold_starts(spark, 
     # score(u, i) = Σ_{j∈N(i)} w_ij r(u, j): item 4 = 0.5·2 + 0.2·1 = 1.2; item 5 = 0.8·1 + 0.1·2 = 1.0;
     # item 3 was bought; no embeddings, so the blend is (1 − β)·CF / max CF
     assert got.strategy == "cf+embedding"
-    assert [(s.item_id, s.cf) for s in got.items] == [(4, pytest.approx(1.2)), (5, pytest.approx(1.0))]
+    assert [(s.item_id, s.cf) for s in got.items[:2]] == [(4, pytest.approx(1.2)), (5, pytest.approx(1.0))]
     assert got.items[0].score == pytest.approx(0.7) and got.items[1].score == pytest.approx(0.7 * 1.0 / 1.2)
+    # CF finds two items; popular ones make up k = 5: the user's top category first (3 bought, 4 already
+    # recommended), then the shop's
+    assert [(s.item_id, s.source) for s in got.items[2:]] == [(40, "popular"), (41, "popular"), (50, "popular")]
+    assert [s.score for s in got.items[2:]] == [0.0, 0.0, 0.0]
     cold = recommend(store, 12345, 3)
     assert cold.strategy == "cold_start" and [s.item_id for s in cold.items] == [41, 50, 51]
+    assert len(recommend(store, 7, 1).items) == 1 and len(recommend(store, 12345, 1).items) == 1
+    with pytest.raises(ShoplakeError, match="k must be at least 1"):
+        recommend(store, 7, 0)
 
 
 def test_the_marketing_report_reads_the_feature_service(spark, lake):
