@@ -10,12 +10,17 @@ cant_lose, about_to_sleep) with an affinity for each top-level category, ready f
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import html
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shoplake.errors import ShoplakeError
+from shoplake.files import replace_folder
 from shoplake.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -77,11 +82,11 @@ def build_report(spark: SparkSession, settings: Settings | None = None) -> Marke
     settings = settings or get_settings()
     users, feature_time = read_service(spark, settings)
     out = settings.reports_dir / "marketing"
-    (out / "audiences").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     total_users = len(users)
     sizes = users["segment"].fillna("(unknown)").value_counts()
     revenue = users.groupby(users["segment"].fillna("(unknown)"))["monetary"].sum()
-    revenue_share = (100 * revenue / revenue.sum()).fillna(0.0) if revenue.sum() else revenue * 0
+    revenue_share = (100 * revenue / revenue.sum()).fillna(0.0) if revenue.sum() else revenue.iloc[:0]  # no sales
     buyers = users.dropna(subset=["r_score", "f_score"])
     grid = buyers.groupby(["r_score", "f_score"]).size().unstack(fill_value=0) if len(buyers) else None
 
@@ -89,15 +94,7 @@ def build_report(spark: SparkSession, settings: Settings | None = None) -> Marke
     users = users.assign(category_l1=first_category)
     affinity = users.dropna(subset=["category_l1"]).groupby(["segment", "category_l1"]).size().reset_index(name="users")
 
-    audiences: dict[str, int] = {}
-    win_back = users[users["segment"].isin(WIN_BACK_SEGMENTS)]
-    for category, group in win_back.dropna(subset=["category_l1"]).groupby("category_l1"):
-        stem = f"win_back_{category}"
-        columns = ["user_id", "segment", "recency_days", "frequency", "monetary", "category_l1", "preferred_brand"]
-        export = group[[c for c in columns if c in group]].sort_values("monetary", ascending=False)
-        export.to_parquet(out / "audiences" / f"{stem}.parquet", index=False)
-        export.to_csv(out / "audiences" / f"{stem}.csv", index=False)
-        audiences[stem] = len(export)
+    audiences = write_audiences(users[users["segment"].isin(WIN_BACK_SEGMENTS)], out / "audiences")
 
     sections = [
         f"<h2>Segment sizes</h2>{_bars([(s, float(n)) for s, n in sizes.items()], ' users')}",
@@ -108,19 +105,50 @@ def build_report(spark: SparkSession, settings: Settings | None = None) -> Marke
             f"<h3>{html.escape(str(segment))}</h3>"
             + _bars([(c, float(n)) for c, n in group.sort_values("users", ascending=False).head(8)[["category_l1", "users"]].itertuples(index=False)], " users")
             for segment, group in affinity.groupby("segment")),
-        "<h2>Audiences</h2><ul>" + "".join(
+        "<h2>Audiences</h2>" + ("<ul>" + "".join(
             f'<li><a href="audiences/{stem}.csv">{stem}</a>: {n:,} users (also as Parquet)</li>'
-            for stem, n in sorted(audiences.items())) + "</ul>",
+            for stem, n in sorted(audiences.items())) + "</ul>" if audiences else
+            "<p>(none: no user of the win-back segments has a known category)</p>"),
     ]  # fmt: skip
     page = out / "index.html"
-    page.write_text(
+    staged_page = out / ".index.html.tmp"
+    staged_page.write_text(
         f"""<!doctype html><html><head><meta charset="utf-8"><title>shoplake marketing report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style></head><body>
 <h1>Marketing report</h1><p>{total_users:,} users, features as of {feature_time:%Y-%m-%d %H:%M} UTC, read from the
 <code>{SERVICE}</code> feature service.</p>{"".join(sections)}</body></html>"""
     )
+    staged_page.replace(page)
     return MarketingReport(page, total_users, {str(k): int(v) for k, v in sizes.items()}, audiences)
+
+
+def write_audiences(win_back: pd.DataFrame, folder: Path) -> dict[str, int]:
+    """One audience per top-level category, biggest spenders first. Written aside, then swapped in whole: the
+    folder holds exactly this report's audiences, never a campaign list left from an earlier report."""
+    staged = Path(tempfile.mkdtemp(prefix=".audiences-", dir=folder.parent))
+    try:
+        audiences: dict[str, int] = {}
+        columns = ["user_id", "segment", "recency_days", "frequency", "monetary", "category_l1", "preferred_brand"]
+        for category, group in win_back.dropna(subset=["category_l1"]).groupby("category_l1"):
+            stem = audience_stem(str(category))
+            export = group[[c for c in columns if c in group]].sort_values("monetary", ascending=False)
+            export.to_parquet(staged / f"{stem}.parquet", index=False)
+            export.to_csv(staged / f"{stem}.csv", index=False)
+            audiences[stem] = len(export)
+        replace_folder(staged, folder)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return audiences
+
+
+def audience_stem(category: str) -> str:
+    """A file name for a category's audience: ``win_back_<category>``, with anything but lowercase letters, digits
+    and ``_`` replaced and a hash of the name added where that changed it (categories are the shop's free text)."""
+    slug = re.sub(r"[^a-z0-9_]+", "_", category.lower()).strip("_")
+    if slug == category:
+        return f"win_back_{slug}"
+    return "_".join(part for part in ("win_back", slug, hashlib.sha256(category.encode()).hexdigest()[:8]) if part)
 
 
 def report_summary(report: MarketingReport) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 import uuid
 
 import pandas as pd
@@ -28,10 +29,10 @@ def row(spec, **values):
     return [base[c] for c in spec.columns]
 
 
-def user_row(user, day, segment, monetary=10.0, frequency=1):
+def user_row(user, day, segment, monetary=10.0, frequency=1, category="kids.toys"):
     return row(USER_FEATURES, user_id=user, segment=segment, monetary=monetary, frequency=frequency, r_score=3,
                f_score=2, m_score=4, price_band="mid", carts_7d=1, purchases_30d=frequency,
-               view_to_purchase_rate=0.1, views_7d=day, top_categories=["kids.toys"], top_category_shares=[1.0],
+               view_to_purchase_rate=0.1, views_7d=day, top_categories=[category], top_category_shares=[1.0],
                event_timestamp=end_of(day), created_timestamp=AT, as_of_date=dt.date(2019, 10, day))  # fmt: skip
 
 
@@ -398,17 +399,27 @@ def test_the_recommender_scores_by_the_cf_formula_online_and_cold_starts(spark, 
 
 
 def test_the_marketing_report_reads_the_feature_service(spark, lake):
-    from shoplake.marketing import build_report
+    from shoplake.marketing import audience_stem, build_report
 
     users = [user_row(7, 1, "at_risk", monetary=90.0), user_row(8, 1, "champions", monetary=10.0),
-             user_row(9, 1, "at_risk", monetary=30.0)]  # fmt: skip
+             user_row(9, 1, "at_risk", monetary=30.0),
+             user_row(10, 1, "about_to_sleep", monetary=0.0, category="home & garden/tools.drills")]  # fmt: skip
     write_gold(spark, users, [item_row(10, 1, 5.0)])
     feature_store.publish(spark)
+    folder = lake / "reports" / "marketing" / "audiences"
+    folder.mkdir(parents=True)
+    (folder / "win_back_toys.csv").write_text("user_id\n42\n")  # an earlier report's audience
     report = build_report(spark)
-    assert report.users == 3 and report.segments == {"at_risk": 2, "champions": 1}
-    assert report.audiences == {"win_back_kids": 2}
-    audience = pd.read_csv(lake / "reports" / "marketing" / "audiences" / "win_back_kids.csv")
+    assert report.users == 4 and report.segments == {"at_risk": 2, "champions": 1, "about_to_sleep": 1}
+    # a category that is no file name gets a safe one; the earlier report's audience is gone
+    odd = audience_stem("home & garden/tools")
+    assert re.fullmatch(r"win_back_home_garden_tools_[0-9a-f]{8}", odd)
+    assert report.audiences == {"win_back_kids": 2, odd: 1}
+    written = sorted(f"{stem}.{kind}" for stem in report.audiences for kind in ("csv", "parquet"))
+    assert sorted(p.name for p in folder.iterdir()) == written
+    audience = pd.read_csv(folder / "win_back_kids.csv")
     assert audience["user_id"].tolist() == [7, 9]  # biggest spenders first
+    assert pd.read_parquet(folder / f"{odd}.parquet")["category_l1"].tolist() == ["home & garden/tools"]
     page = report.page.read_text()
     assert "Revenue share by segment" in page and "<svg" in page and "92.3 %" in page  # at_risk: (90 + 30) ÷ 130
 

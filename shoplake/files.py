@@ -1,0 +1,18 @@
+"""Local output folders replaced whole, so a reader never finds half of a new export or a file left from an old one."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+def replace_folder(staged: Path, target: Path) -> None:
+    """Put the complete folder ``staged`` in the place of ``target`` (two renames on one file system); what
+    ``target`` held before is deleted, never mixed with the new files."""
+    old = target.with_name(f".{target.name}-replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        target.rename(old)
+    staged.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
