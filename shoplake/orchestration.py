@@ -195,25 +195,34 @@ def build_gold(as_of: dt.date, run_id: str, sample_fraction: float = 1.0) -> Ste
     sampled = f" (users sampled: {sample_fraction:.0%})" if sample_fraction < 1 else ""
     lines = [
         f"gold as of {as_of}{sampled}: " + ", ".join(f"{name} {rows:,}" for name, rows in result.rows.items()),
-        f"interaction matrix (COO + id maps): {result.matrix_dir}",
+        f"interaction matrix (COO + id maps), until gold's gate publishes it: {result.matrix_dir}",
     ]
     return Step(lines, {"versions": result.versions, "as_of": as_of.isoformat()})
 
 
 def validate_gold(versions: Mapping[str, int], as_of: dt.date, run_id: str, sample_fraction: float = 1.0) -> Step:
+    from expectations.gate import QualityGateError
     from expectations.stages import validate_gold as gate
     from shoplake.settings import get_settings
-    from spark_jobs.gold import read_history
+    from spark_jobs.gold import discard_matrix, publish_matrix, read_history
     from spark_jobs.interactions import AsOf
 
-    spark = _spark()
-    history = read_history(spark, AsOf(as_of, now()), get_settings().history_days, sample_fraction)
+    spark, settings = _spark(), get_settings()
+    history = read_history(spark, AsOf(as_of, now()), settings.history_days, sample_fraction)
     trial = sample_fraction < 1
-    results = gate(spark, versions, as_of, history=history, run_id=run_id, at=now(), trial=trial)
+    try:
+        results = gate(spark, versions, as_of, history=history, run_id=run_id, at=now(), trial=trial)
+    except QualityGateError:
+        discard_matrix(settings, as_of, run_id)
+        raise
     lines = _quality_lines(results, published=not trial)
     if trial:
+        discard_matrix(settings, as_of, run_id)
         lines.append(f"  trial (users sampled: {sample_fraction:.0%}): gold audited, not published; its tables are "
-                     "back to their published contents (the trial's versions stay in their Delta history)")  # fmt: skip
+                     "back to their published contents (the trial's versions stay in their Delta history), "
+                     "and its interaction matrix is dropped")  # fmt: skip
+    elif matrix := publish_matrix(settings, as_of, run_id):
+        lines.append(f"  interaction matrix published with gold: {matrix}")
     return Step(lines, {r.table: r.version for r in results})
 
 

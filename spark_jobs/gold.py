@@ -10,6 +10,8 @@ import argparse
 import contextlib
 import datetime as dt
 import logging
+import re
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from shoplake.catalog import (
     TableSpec,
 )
 from shoplake.errors import ShoplakeError
+from shoplake.files import replace_folder
 from shoplake.run_metrics import record_metrics
 from shoplake.settings import Settings, get_settings
 from spark_jobs import items
@@ -80,7 +83,33 @@ def read_history(spark: SparkSession, as_of: AsOf, history_days: int, sample_fra
 
 
 def matrix_dir(settings: Settings, as_of_date: dt.date) -> Path:
+    """Where the published interaction matrix of a date lies: that of gold's published interactions."""
     return settings.home / "exports" / "interaction_matrix" / f"as_of_date={as_of_date.isoformat()}"
+
+
+def staged_matrix_dir(settings: Settings, as_of_date: dt.date, run_id: str) -> Path:
+    """Where a gold run exports its matrix until gold's gate publishes it (``publish_matrix``) or drops it: a
+    failed or trial (sampled) run must not replace the matrix of the published interactions."""
+    run = re.sub(r"[^A-Za-z0-9_.-]+", "-", run_id)
+    return settings.home / "exports" / "interaction_matrix" / ".staged" / run / f"as_of_date={as_of_date.isoformat()}"
+
+
+def publish_matrix(settings: Settings, as_of_date: dt.date, run_id: str) -> Path | None:
+    """Swap the run's staged matrix in whole for the date's; None when the run staged none (nothing changes)."""
+    staged = staged_matrix_dir(settings, as_of_date, run_id)
+    if not staged.exists():
+        log.warning("gold run %s staged no interaction matrix for %s; the published one stays", run_id, as_of_date)
+        return None
+    replace_folder(staged, matrix_dir(settings, as_of_date))
+    discard_matrix(settings, as_of_date, run_id)
+    return matrix_dir(settings, as_of_date)
+
+
+def discard_matrix(settings: Settings, as_of_date: dt.date, run_id: str) -> None:
+    staged = staged_matrix_dir(settings, as_of_date, run_id)
+    shutil.rmtree(staged, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the run's folder, once it holds no other date
+        staged.parent.rmdir()
 
 
 def run_gold(
@@ -155,7 +184,7 @@ def run_gold(
         )
     with timed(CATEGORY_POPULAR.name):
         write(transform_category_popular(item_features, as_of, keep=settings.popular_items_kept), CATEGORY_POPULAR)
-    out = matrix_dir(settings, as_of_date)
+    out = staged_matrix_dir(settings, as_of_date, run_id)
     with timed("interaction_matrix"):
         matrix = export_matrix(interactions, out)
     record_metrics(spark, run_id, "gold", {f"{name}_rows": count for name, count in rows.items()},

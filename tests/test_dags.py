@@ -153,6 +153,11 @@ def test_dag_test_runs_the_whole_pipeline_on_the_sample(spark, lake, dagbag, tmp
     from spark_jobs.gold import GOLD_TABLES
 
     published = {t.name: storage.read_table(spark, t).count() for t in GOLD_TABLES}
+    exports = lake / "exports" / "interaction_matrix"
+    matrix = exports / "as_of_date=2019-10-01"
+    matrix_users = spark.read.parquet(str(matrix / "users")).count()
+    pairs = storage.read_table(spark, "interactions")
+    assert matrix_users == pairs.select("user_id").distinct().count() and not any((exports / ".staged").iterdir())
     trial = dag.test(run_conf={"date": "2019-10-01", "sample_fraction": 0.5,
                                "skip_stages": ["ingest", "silver", "embed", "kg"]})  # fmt: skip
     assert trial.state == DagRunState.SUCCESS
@@ -160,4 +165,7 @@ def test_dag_test_runs_the_whole_pipeline_on_the_sample(spark, lake, dagbag, tmp
     assert states["validate_gold"] == "success" and states["publish_features"] == "skipped"
     assert states["consistency_check"] == "skipped" and states["data_docs"] == "success"
     assert {t.name: storage.read_table(spark, t).count() for t in GOLD_TABLES} == published
+    # the trial's matrix (half the users) was dropped: the export is still that of the published interactions
+    assert spark.read.parquet(str(matrix / "users")).count() == matrix_users
+    assert not any((exports / ".staged").iterdir())
     assert published_version(spark, "user_features") == storage.table_version("user_features") - 2  # trial, restore

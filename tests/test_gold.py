@@ -384,3 +384,27 @@ def test_gold_on_the_sample_agrees_with_the_sql_reference_and_is_identical_when_
     coo = spark.read.parquet(str(first.matrix_dir / "coo"))
     assert coo.count() == first.rows["interactions"]
     assert coo.agg(F.max("user_index")).first()[0] == first.matrix["users"] - 1
+
+
+def test_a_staged_interaction_matrix_replaces_the_published_one_whole_or_is_dropped(lake):
+    settings = get_settings()
+    day = dt.date(2019, 10, 1)
+    published = gold.matrix_dir(settings, day)
+    (published / "coo").mkdir(parents=True)
+    (published / "coo" / "old-part.parquet").write_text("old")
+
+    def stage(run_id):
+        staged = gold.staged_matrix_dir(settings, day, run_id)
+        (staged / "coo").mkdir(parents=True)
+        (staged / "coo" / f"{run_id}.parquet").write_text(run_id)
+        return staged
+
+    stage("trial-run")
+    gold.discard_matrix(settings, day, "trial-run")  # a failed or sampled run: the published matrix stays
+    assert [p.name for p in (published / "coo").iterdir()] == ["old-part.parquet"]
+    stage("airflow-manual__2019-10-02T00-00-00")
+    assert gold.publish_matrix(settings, day, "airflow-manual__2019-10-02T00-00-00") == published
+    assert [p.name for p in (published / "coo").iterdir()] == ["airflow-manual__2019-10-02T00-00-00.parquet"]
+    assert list((published.parent / ".staged").iterdir()) == []  # nothing left behind
+    assert gold.publish_matrix(settings, day, "never-staged") is None  # e.g. gold ran where this lake is not
+    assert [p.name for p in (published / "coo").iterdir()] == ["airflow-manual__2019-10-02T00-00-00.parquet"]
