@@ -181,7 +181,9 @@ def transform_csv_fields(numbered: DataFrame, header: Sequence[str]) -> DataFram
     those whose count it does not judge (empty, or holding a quote), are split again to count their fields:
     splitting every line cost a tenth of the parsing pass."""
     schema = ", ".join(f"`{name}` STRING" for name in (*header, MALFORMED))
-    parsed = F.from_csv("value", schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": MALFORMED})
+    # RFC 4180 quoting, as Excel, pandas and PostgreSQL write it: a quote inside a quoted field is doubled
+    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": MALFORMED, "escape": '"'}
+    parsed = F.from_csv("value", schema, options)
     value = F.col("value")
     recount = parsed[MALFORMED].isNotNull() | (value == "") | (F.instr(value, '"') > 0)
     field_count = F.when(recount, csv_field_count(value)).otherwise(len(header))

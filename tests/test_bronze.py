@@ -154,10 +154,13 @@ def test_json_lines_gzip_and_reordered_csv_headers_land_alike(spark, lake, tmp_p
 
 def test_quoted_commas_are_one_field(spark, lake, tmp_path):
     path = tmp_path / "quoted.csv"
-    path.write_text(f'{HEADER}\n2019-10-01 00:00:00 UTC,view,1,2,"a,b",brand,1.0,3,s\n')
+    path.write_text(f'{HEADER}\n2019-10-01 00:00:00 UTC,view,1,2,"a,b",brand,1.0,3,s\n'
+                    '2019-10-01 00:00:00 UTC,view,1,2,a.b,"say ""hi"", then ""bye""",1.0,3,s\n')  # fmt: skip
     land(spark, path)
-    (row,) = bronze_rows(spark)
+    row, doubled = bronze_rows(spark)
     assert (row.category_code, row.field_count, row.raw_line) == ("a,b", 9, None)
+    # a quote inside quotes is doubled (RFC 4180: Excel, pandas, PostgreSQL's CSV) and read back as one quote
+    assert (doubled.brand, doubled.field_count, doubled.raw_line) == ('say "hi", then "bye"', 9, None)
 
 
 def test_lines_of_the_wrong_length_keep_their_field_count_and_raw_text(spark, lake, tmp_path):
