@@ -5,13 +5,11 @@ from __future__ import annotations
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-# REES46 writes "2019-10-01 00:00:03 UTC"; other shops send ISO-8601 with an offset or naive UTC times.
+# REES46 writes "2019-10-01 00:00:03 UTC" (a zone name); other shops send ISO-8601 ("T" or a space, up to nine
+# fraction digits, "Z" or an offset as +02:00, +0200 or +02 — PostgreSQL's and Python's text) or naive UTC times.
 EVENT_TIME_FORMATS = (
     "yyyy-MM-dd HH:mm:ss z",
-    "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX",
-    "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]'Z'",
-    "yyyy-MM-dd HH:mm:ss[.SSSSSS]",
-    "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]",
+    "yyyy-MM-dd['T'][ ]HH:mm:ss[.SSSSSSSSS][ ][XXX][XX][X]",
 )
 
 # Event types as shops send them (lower-cased, trimmed) → the canonical type. Silver normalises with this map.

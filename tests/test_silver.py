@@ -91,6 +91,35 @@ def test_a_day_is_judged_alone_so_a_date_run_alone_matches_a_range_run(spark, la
     assertDataFrameEqual(storage.read_table(spark, "silver_events").filter(F.col("event_date") == D2), before)
 
 
+@pytest.mark.parametrize(
+    ("text", "utc"),
+    [
+        ("2019-10-01 02:00:05 UTC", "2019-10-01 02:00:05"),  # REES46
+        ("2019-10-01 02:00:05 Europe/Berlin", "2019-10-01 00:00:05"),
+        ("2019-10-01T02:00:05Z", "2019-10-01 02:00:05"),
+        ("2019-10-01T02:00:05.123Z", "2019-10-01 02:00:05.123"),
+        ("2019-10-01T02:00:05.123456789Z", "2019-10-01 02:00:05.123456"),  # nanoseconds: Spark keeps micros
+        ("2019-10-01T04:00:05+02:00", "2019-10-01 02:00:05"),
+        ("2019-10-01T04:00:05+0200", "2019-10-01 02:00:05"),
+        ("2019-10-01 04:00:05+02:00", "2019-10-01 02:00:05"),  # Python's str(datetime), pandas' CSV
+        ("2019-10-01 04:00:05.5+02", "2019-10-01 02:00:05.5"),  # PostgreSQL's timestamptz text
+        ("2019-10-01 02:00:05 +0000", "2019-10-01 02:00:05"),
+        ("2019-10-01 02:00:05", "2019-10-01 02:00:05"),  # naive: UTC
+        ("2019-10-01T02:00:05", "2019-10-01 02:00:05"),
+        (" 2019-10-01 02:00:05 ", "2019-10-01 02:00:05"),
+        ("2019-10-01", None),
+        ("1569895205", None),  # epoch seconds are not guessed at
+        ("yesterday-ish", None),
+        ("2019-13-01 02:00:05", None),
+    ],
+)
+def test_event_times_in_the_formats_shops_write_parse_to_utc(spark, text, utc):
+    from spark_jobs.columns import parse_event_time
+
+    (got,) = spark.createDataFrame([(text,)], "t string").select(parse_event_time("t")).first()
+    assert got == (dt.datetime.fromisoformat(utc) if utc else None)
+
+
 def test_each_rule_quarantines_with_its_reason(spark, lake, tmp_path):
     land(spark, tmp_path, "day.csv", [
         "2019-10-01 10:00:00 UTC,view,1,2",
