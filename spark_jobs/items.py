@@ -2,7 +2,9 @@
 
 The catalogue is curated data, so a bad row (an id that is not an integer, an id given twice) stops the landing
 with an error that names the file and shows the offending rows, rather than being skipped. Landing upserts on
-``item_id``: a newer catalogue replaces older rows for the same items and keeps the rest.
+``item_id``: a newer catalogue replaces older rows for the same items and keeps the rest. Items the catalogue does
+not list come from the events (latest category, brand, price); what a catalogue row leaves out of those, the
+events fill in.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from spark_jobs.bronze import file_format
 from spark_jobs.columns import blank_to_null
 
 CATALOG_COLUMNS = ("item_id", "title", "description", "category_code", "brand", "price", "attributes")
+EVENT_FIELDS = ("category_id", "category_code", "brand", "price")  # what events tell of an item
 CATALOG_SCHEMA = ", ".join(f"`{c}` STRING" for c in CATALOG_COLUMNS)
 MAX_EXAMPLES = 5
 
@@ -102,7 +105,7 @@ def transform_latest_values(events: DataFrame, columns: Sequence[str]) -> DataFr
 
 def transform_items_from_events(events: DataFrame, updated_at: dt.datetime) -> DataFrame:
     """Items as the events describe them: each product's latest known category, brand and price."""
-    return transform_latest_values(events, ("category_id", "category_code", "brand", "price")).select(
+    return transform_latest_values(events, EVENT_FIELDS).select(
         "item_id",
         F.lit(None).cast("string").alias("title"),
         F.lit(None).cast("string").alias("description"),
@@ -116,12 +119,29 @@ def transform_items_from_events(events: DataFrame, updated_at: dt.datetime) -> D
 def refresh_items_from_events(
     spark: SparkSession, events: DataFrame, *, run_id: str, updated_at: dt.datetime
 ) -> storage.WriteResult:
-    """Upsert event-derived items; items that came from a catalogue are left as the catalogue says."""
+    """Upsert event-derived items. A catalogue's item keeps every value the catalogue gives; only the category,
+    brand and price it leaves out are taken from the events (a feed of titles alone still gets categories)."""
     derived = transform_items_from_events(events, updated_at)
     if storage.table_version(ITEMS) is not None:
-        from_catalog = storage.read_table(spark, ITEMS).filter(F.col("source") == "catalog").select("item_id")
-        derived = derived.join(from_catalog, on="item_id", how="left_anti")
+        from_catalog = storage.read_table(spark, ITEMS).filter(F.col("source") == "catalog")
+        derived = derived.join(from_catalog.select("item_id"), on="item_id", how="left_anti").unionByName(
+            transform_fill_catalog_gaps(from_catalog, derived, updated_at)
+        )
     return storage.merge_table(derived, ITEMS, run_id=run_id)
+
+
+def transform_fill_catalog_gaps(catalog: DataFrame, derived: DataFrame, updated_at: dt.datetime) -> DataFrame:
+    """The catalogue's items whose missing category, brand or price the events know, with those filled in."""
+    known = derived.select("item_id", *(F.col(c).alias(f"_events_{c}") for c in EVENT_FIELDS))
+    gaps = F.lit(False)
+    for c in EVENT_FIELDS:
+        gaps = gaps | (F.col(c).isNull() & F.col(f"_events_{c}").isNotNull())
+    return (
+        catalog.join(known, on="item_id", how="inner")
+        .filter(gaps)
+        .select(*(F.coalesce(c, f"_events_{c}").alias(c) if c in EVENT_FIELDS else F.col(c) for c in ITEMS.columns))
+        .withColumn("updated_at", F.lit(updated_at).cast("timestamp"))
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -73,16 +73,24 @@ def test_a_bad_catalogue_is_refused_whole(spark, lake, tmp_path, records, messag
 
 
 def test_events_fill_in_items_but_never_override_the_catalogue(spark, lake, tmp_path):
-    path = write_catalog(tmp_path / "items.jsonl", [{"item_id": 1, "title": "From the catalogue", "brand": "acme"}])
+    path = write_catalog(tmp_path / "items.jsonl", [
+        {"item_id": 1, "title": "From the catalogue", "brand": "acme"},
+        {"item_id": 3, "title": "Complete", "brand": "b", "category_code": "c.d", "price": "1.5"},
+    ])  # fmt: skip
     items.land_catalog(spark, path, run_id="r", updated_at=AT)
     events = silver_events(spark, [
-        (1, 0, "x.y", "other", 5.0),  # the catalogue's item: left alone
+        (1, 0, "x.y", "other", 5.0),  # the catalogue's item: its brand stays, what it lacks comes from here
         (2, 0, "kids.toys", "lego", 10.0),
         (2, 5, None, None, 12.0),  # later, without category or brand: the latest known ones stay
+        (3, 0, "e.f", "other", 9.0),  # the catalogue says all but the shop's category id: only that is added
     ])  # fmt: skip
-    items.refresh_items_from_events(spark, events, run_id="r", updated_at=AT)
+    later = AT + dt.timedelta(days=1)
+    items.refresh_items_from_events(spark, events, run_id="r", updated_at=later)
     got = {r.item_id: r for r in storage.read_table(spark, "items").collect()}
     assert (got[1].title, got[1].brand, got[1].source) == ("From the catalogue", "acme", "catalog")
+    filled, complete = (got[1].category_code, got[1].category_id, got[1].price), got[3]
+    assert filled == ("x.y", 42, 5.0) and got[1].updated_at == later.replace(tzinfo=None)
+    assert (complete.category_code, complete.brand, complete.price, complete.category_id) == ("c.d", "b", 1.5, 42)
     assert (got[2].category_code, got[2].brand, got[2].price, got[2].category_id, got[2].source) == (
         "kids.toys", "lego", 12.0, 42, "events",
     )  # fmt: skip
