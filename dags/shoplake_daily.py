@@ -10,7 +10,7 @@ features are online it emits the `shoplake://feast/features` asset, on which `sh
 and gold as of `end` (for gold as of every day, the history training sets read, use Airflow's Backfill: one run per
 date); `full_refresh` rebuilds silver for every date in bronze and re-embeds every item; `skip_stages` leaves stages
 out (the tables keep their last versions); `sample_fraction` < 1 makes a trial: gold on that share of users,
-audited and then put back to its published contents, nothing published to Feast; `events` ingests a file or
+audited and then put back as the trial found it, nothing published to Feast; `events` ingests a file or
 folder instead of the landing folder (`$SHOPLAKE_HOME/landing`); `items` merges an item catalogue (CSV or JSON
 lines: titles, descriptions, attributes) into `items`, whose changed texts the embedding stage then re-embeds.
 

@@ -141,7 +141,7 @@ def audit_and_publish(
 
     ``derived``: (table, version) the stage wrote from the audited tables without a suite of their own (gold's
     similarity, neighbour and popularity tables): published with them, and put back with them on a failure.
-    ``trial``: audit only (a run on a sample of users): every table goes back to its published contents."""
+    ``trial``: audit only (a run on a sample of users): every table goes back as the trial found it (``_undo``)."""
     results = [
         audit(spark, check, version, run_id=run_id, recorded_at=at, run_date=run_date)
         for check, version in checks.values()
@@ -152,14 +152,31 @@ def audit_and_publish(
     if failed:
         restored = _restore_published(spark, tables)
         raise QualityGateError(_failure_message(failed, restored))
+    versions = {**{r.table: r.version for r in results}, **(derived or {})}
     if trial:
-        _restore_published(spark, tables)
+        _undo(spark, versions, run_id=run_id)
         log.info("trial run %s: audited, nothing published", run_id)
         return results
-    versions = {**{r.table: r.version for r in results}, **(derived or {})}
     publish(spark, versions, run_id=run_id, published_at=at, run_date=run_date)
     log.info("published %s", versions)
     return results
+
+
+def _undo(spark: SparkSession, versions: Mapping[str, int], *, run_id: str) -> None:
+    """Put each table back as it was before ``versions`` were written: its published contents, or, for a table
+    never published, the version before; a table the write created is emptied. A trial's sample must not stay the
+    latest contents, where the next run would publish it with its own date, and training sets would read it."""
+    for table, version in versions.items():
+        before = published_version(spark, table)
+        if before is None:
+            before = version - 1
+        if before >= 0:
+            if storage.table_version(table) != before:
+                storage.restore_table(table, before)
+            continue
+        spec = get_table(table)
+        storage.write_table(spark.createDataFrame([], spec.schema), spec, "overwrite", run_id=run_id)
+        log.warning("%s: emptied (the trial created it)", table)
 
 
 def _restore_published(spark: SparkSession, tables: list[str]) -> dict[str, int | None]:

@@ -219,7 +219,7 @@ def validate_gold(versions: Mapping[str, int], as_of: dt.date, run_id: str, samp
     if trial:
         discard_matrix(settings, as_of, run_id)
         lines.append(f"  trial (users sampled: {sample_fraction:.0%}): gold audited, not published; its tables are "
-                     "back to their published contents (the trial's versions stay in their Delta history), "
+                     "back as the trial found them (the trial's versions stay in their Delta history), "
                      "and its interaction matrix is dropped")  # fmt: skip
     elif matrix := publish_matrix(settings, as_of, run_id):
         lines.append(f"  interaction matrix published with gold: {matrix}")

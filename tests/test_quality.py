@@ -258,6 +258,22 @@ def test_tables_derived_by_a_stage_are_published_and_put_back_with_the_audited_o
     assert published_version(spark, CATEGORY_POPULAR) == 0 and published_version(spark, S) == 0
 
 
+def test_a_trial_on_tables_never_published_leaves_them_as_it_found_them(spark, lake):
+    """The first run of a shop may be a trial: its sample must not stay behind as the tables' contents."""
+    check = Audit(S, silver_events.suite, lambda df: silver_events.prepare(
+        df, first=DAY, last=DAY, quarantine_share=0.0, quarantine_ceiling=0.05))  # fmt: skip
+    earlier = storage.write_table(spark.createDataFrame(silver_rows(), S.schema), S, "overwrite", run_id="r0")
+    audited = storage.write_table(spark.createDataFrame(silver_rows()[:1], S.schema), S, "overwrite", run_id="r1")
+    derived = storage.write_table(spark.createDataFrame([["(all)", [42], T2, AT, DAY]], CATEGORY_POPULAR.schema),
+                                  CATEGORY_POPULAR, "overwrite", run_id="r1")  # fmt: skip
+    assert (earlier.version, audited.version, derived.version) == (0, 1, 0)
+    audit_and_publish(spark, {"silver_events": (check, audited.version)}, derived={"category_popular": 0},
+                      run_id="r1", at=AT, trial=True)  # fmt: skip
+    assert storage.read_table(spark, S).count() == 3  # the unpublished version before the trial, not its sample
+    assert storage.read_table(spark, CATEGORY_POPULAR).count() == 0  # the trial created it: emptied
+    assert published_version(spark, S) is None and published_version(spark, CATEGORY_POPULAR) is None
+
+
 def test_a_failed_gate_publishes_nothing_and_names_table_expectation_and_rows(spark, lake):
     good = storage.write_table(spark.createDataFrame(silver_rows(), S.schema), S, "overwrite", run_id="r1").version
 
