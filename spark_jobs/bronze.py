@@ -14,15 +14,17 @@ of lines in earlier splits of its file plus its position in its own split (from 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gzip
 import hashlib
 import json
 import logging
 import os
+import re
 import urllib.parse
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -286,10 +288,11 @@ def land_event_files(
     if not new:
         return LandingResult(run_id, checksums, (), skipped, 0, storage.table_version(BRONZE_EVENTS))
     tolerance = get_settings().future_tolerance_hours
-    lines = read_lines(spark, new)
-    splits = split_offsets(lines, new)
-    landed_rows = build_bronze(lines, splits, new, run_id, ingested_at, tolerance)
-    result = storage.write_table(landed_rows, BRONZE_EVENTS, "append", run_id=run_id, clustered=splits.one_day_each)
+    with unreadable_file_as_input_error():
+        lines = read_lines(spark, new)
+        splits = split_offsets(lines, new)
+        landed_rows = build_bronze(lines, splits, new, run_id, ingested_at, tolerance)
+        result = storage.write_table(landed_rows, BRONZE_EVENTS, "append", run_id=run_id, clustered=splits.one_day_each)
     record_metrics(
         spark, run_id, "bronze",
         {"files_landed": len(new), "files_already_landed": len(skipped), "rows_landed": result.rows},
@@ -299,6 +302,23 @@ def land_event_files(
         run_id, checksums, tuple(f.path for f in new), skipped, result.rows, result.version,
         tuple(f.checksum for f in new),
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def unreadable_file_as_input_error() -> Iterator[None]:
+    """A file Spark cannot read to its end (a truncated or corrupt .gz: its first line reads fine) becomes an
+    ``InputError`` naming it, rather than a Java stack trace; nothing was committed, the write never began."""
+    try:
+        yield
+    except Exception as error:
+        text = str(error)
+        failed = re.search(r"FAILED_READ_FILE\S* Encountered error while reading file (\S+?)\.?\s", text)
+        if failed is None:
+            raise
+        path = urllib.parse.unquote(urllib.parse.urlsplit(failed.group(1)).path)
+        causes = re.findall(r"Caused by: ([^\n]+)", text)
+        reason = causes[-1].strip() if causes else "Spark could not read it"
+        raise InputError(f"{path}: unreadable ({reason}); nothing was landed") from error
 
 
 def event_dates(spark: SparkSession, checksums: Sequence[str]) -> list[dt.date]:

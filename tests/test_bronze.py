@@ -202,6 +202,18 @@ def test_bad_files_are_refused_before_anything_is_committed(spark, lake, tmp_pat
     assert storage.table_version("bronze_events") is None
 
 
+def test_a_truncated_gzip_is_refused_by_name_and_nothing_is_committed(spark, lake, tmp_path):
+    """Its first line reads, so the file passes the up-front checks; Spark meets the cut while landing."""
+    whole = gzip.compress((HEADER + "\n" + "\n".join([ROW] * 20_000) + "\n").encode())
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(
+        InputError, match=rf"{cut}: unreadable \(.*Unexpected end of input stream.*\); nothing was landed"
+    ):
+        land(spark, cut)
+    assert storage.table_version("bronze_events") is None
+
+
 def test_a_missing_file_is_named(spark, lake, tmp_path):
     with pytest.raises(InputError, match=f"{tmp_path}/missing.csv: no such file"):
         land(spark, tmp_path / "missing.csv")
