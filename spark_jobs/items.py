@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from shoplake import storage
 from shoplake.catalog import ITEMS
 from shoplake.errors import InputError
-from spark_jobs.bronze import file_format
+from spark_jobs.bronze import file_format, unreadable_file_as_input_error
 from spark_jobs.columns import blank_to_null
 
 CATALOG_COLUMNS = ("item_id", "title", "description", "category_code", "brand", "price", "attributes")
@@ -80,7 +80,8 @@ def prepare_catalog(spark: SparkSession, path: str, updated_at: dt.datetime) -> 
     """The catalogue's items, checked: a bad catalogue is refused whole, before anything is written."""
     raw = read_catalog(spark, path)
     items = transform_catalog(raw, updated_at)
-    check_catalog(raw, items, path)
+    with unreadable_file_as_input_error():  # the checks read the whole file first
+        check_catalog(raw, items, path)
     return items
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 
 import pytest
@@ -69,6 +70,16 @@ def test_a_bad_catalogue_is_refused_whole(spark, lake, tmp_path, records, messag
     path = write_catalog(tmp_path / "items.jsonl", [{"item_id": 9, "title": "fine"}, *records])
     with pytest.raises(InputError, match=message):
         items.land_catalog(spark, path, run_id="r", updated_at=AT)
+    assert storage.table_version("items") is None
+
+
+def test_a_truncated_gzip_catalogue_is_refused_by_name(spark, lake, tmp_path):
+    records = "".join(json.dumps({"item_id": i, "title": f"item {i}"}) + "\n" for i in range(20_000))
+    whole = gzip.compress(records.encode())
+    cut = tmp_path / "items.jsonl.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match=rf"{cut}: unreadable \(.*Unexpected end of input stream"):
+        items.land_catalog(spark, str(cut), run_id="r", updated_at=AT)
     assert storage.table_version("items") is None
 
 
