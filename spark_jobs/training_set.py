@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,8 @@ def build_training_set(
     settings = settings or get_settings()
     if last < first:
         raise ShoplakeError(f"training set: end {last} is before start {first}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):  # checked before minutes of work, not after
+        raise ShoplakeError(f"training set name {name!r}: use letters, digits, '_', '-' and '.' (it names a file)")
     events = storage.read_table(spark, SILVER_EVENTS).filter(
         F.col("event_date").between(first, last) & ~F.col("is_bot")
     )

@@ -450,3 +450,6 @@ def test_a_training_set_gets_point_in_time_features_and_passes_its_gate(spark, l
     with pytest.raises(ShoplakeError, match=r"gold has no features as of 2019-10-05; `shoplake gold --date 2019-10-05`"):
         build_training_set(spark, dt.date(2019, 10, 6), dt.date(2019, 10, 6), name="t")
     assert result.path.is_file()  # the earlier set stays as it was
+    for name in ("../outside", "a/b", ".hidden", ""):  # a name is a file name under exports, refused up front
+        with pytest.raises(ShoplakeError, match="it names a file"):
+            build_training_set(spark, dt.date(2019, 10, 2), dt.date(2019, 10, 2), name=name)
