@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,19 @@ def published_version(spark: SparkSession, table: str | TableSpec) -> int | None
         .collect()[0]
     )
     return None if row["v"] is None else int(row["v"])
+
+
+def vacuum_keeping_published(
+    spark: SparkSession, table: str, retention_hours: int, *, dry_run: bool = False
+) -> tuple[list[str], int]:
+    """``storage.vacuum_table`` with the retention stretched, where needed, to keep every file of the published
+    version: a failed gate restores that version, and could not once an optimize and a vacuum had removed them.
+    Returns the files removed and the retention used."""
+    published = published_version(spark, table)
+    if published is not None and not storage.files_still_current(table, published):
+        age = dt.datetime.now(dt.UTC) - storage.committed_at(table, published)
+        retention_hours = max(retention_hours, math.ceil(age.total_seconds() / 3600) + 1)
+    return storage.vacuum_table(table, retention_hours=retention_hours, dry_run=dry_run), retention_hours
 
 
 def audit_and_publish(

@@ -395,12 +395,16 @@ def vacuum(
     retention_hours: Annotated[int, typer.Option(help="Keep files any version this recent needs.")] = 168,
     dry_run: Annotated[bool, typer.Option(help="Only list what would be deleted.")] = False,
 ) -> None:
-    """Delete data files that no version within the retention needs."""
-    from shoplake import storage
+    """Delete data files that no version within the retention needs, nor the published version (a failed gate
+    restores it)."""
+    from expectations.gate import vacuum_keeping_published
+    from shoplake.spark import get_spark
 
+    spark = get_spark("shoplake")
     for name in table or _written_tables():
-        removed = storage.vacuum_table(name, retention_hours=retention_hours, dry_run=dry_run)
-        typer.echo(f"{name}: {len(removed)} files {'would be ' if dry_run else ''}removed")
+        removed, kept_hours = vacuum_keeping_published(spark, name, retention_hours, dry_run=dry_run)
+        kept = f" (retention {kept_hours} h, to keep the published version)" if kept_hours > retention_hours else ""
+        typer.echo(f"{name}: {len(removed)} files {'would be ' if dry_run else ''}removed{kept}")
 
 
 @app.command()

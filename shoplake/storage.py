@@ -37,7 +37,7 @@ from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 from deltalake.transaction import AddAction, CommitProperties, RemoveAction, create_table_with_add_actions
 
 from shoplake.catalog import TableSpec, get_table
-from shoplake.errors import SchemaMismatchError, TableNotFoundError, WriteConflictError
+from shoplake.errors import SchemaMismatchError, ShoplakeError, TableNotFoundError, WriteConflictError
 from shoplake.settings import Settings, get_settings, is_remote_uri
 
 if TYPE_CHECKING:
@@ -648,6 +648,30 @@ def vacuum_table(table: str | TableSpec, retention_hours: int = 168, dry_run: bo
     except FileNotFoundError:
         pass
     return removed
+
+
+def files_still_current(table: str | TableSpec, version: int) -> bool:
+    """Whether the latest version still holds every data file of ``version`` (so no vacuum can remove them)."""
+    settings = get_settings()
+    spec = get_table(table)
+    latest = _open(settings.table_uri(spec.name), settings)
+    old = _open(settings.table_uri(spec.name), settings, version)
+    if latest is None or old is None:
+        raise TableNotFoundError(f"table {spec.name} has not been written yet")
+    return set(old.file_uris()) <= set(latest.file_uris())
+
+
+def committed_at(table: str | TableSpec, version: int) -> dt.datetime:
+    """When ``version`` of ``table`` was committed (UTC)."""
+    settings = get_settings()
+    spec = get_table(table)
+    delta = _open(settings.table_uri(spec.name), settings)
+    if delta is None:
+        raise TableNotFoundError(f"table {spec.name} has not been written yet")
+    for commit in delta.history(delta.version() - version + 1):
+        if commit.get("version") == version:
+            return dt.datetime.fromtimestamp(commit["timestamp"] / 1000, dt.UTC)
+    raise ShoplakeError(f"table {spec.name} has no version {version} in its log")
 
 
 def optimize_table(table: str | TableSpec, target_size: int | None = None) -> dict[str, Any]:

@@ -274,6 +274,26 @@ def test_a_trial_on_tables_never_published_leaves_them_as_it_found_them(spark, l
     assert published_version(spark, S) is None and published_version(spark, CATEGORY_POPULAR) is None
 
 
+def test_vacuum_keeps_the_files_a_failed_gate_restores(spark, lake):
+    """A version written but not yet audited replaces the published one's files; a vacuum then (retention 0, or an
+    optimize long ago) must not delete them, or the failed gate that follows cannot put the published version back."""
+    from expectations.gate import vacuum_keeping_published
+
+    check = Audit(S, silver_events.suite, lambda df: silver_events.prepare(
+        df, first=DAY, last=DAY, quarantine_share=0.0, quarantine_ceiling=0.05))  # fmt: skip
+    good = storage.write_table(spark.createDataFrame(silver_rows(), S.schema), S, "overwrite", run_id="r1").version
+    audit_and_publish(spark, {"silver_events": (check, good)}, run_id="r1", at=AT)
+    broken = set_value(silver_rows()[:2], 1, "price", -3.0, S)
+    bad = storage.write_table(spark.createDataFrame(broken, S.schema), S, "overwrite", run_id="r2").version
+    removed, retention = vacuum_keeping_published(spark, "silver_events", 0)
+    assert removed == [] and retention >= 1  # stretched past the published version's commit
+    with pytest.raises(QualityGateError):
+        audit_and_publish(spark, {"silver_events": (check, bad)}, run_id="r2", at=AT)
+    assert storage.read_table(spark, S).count() == 3  # the published rows, restored
+    removed, retention = vacuum_keeping_published(spark, "silver_events", 0)  # latest is published again
+    assert retention == 0 and len(removed) == 1  # the failed version's file
+
+
 def test_a_failed_gate_publishes_nothing_and_names_table_expectation_and_rows(spark, lake):
     good = storage.write_table(spark.createDataFrame(silver_rows(), S.schema), S, "overwrite", run_id="r1").version
 
