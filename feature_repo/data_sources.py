@@ -1,6 +1,7 @@
 """Where each feature view reads: the gold Delta tables.
 
-``local`` (the embedded default): Feast's file offline store reads the Delta tables through ``deltalake``.
+``local`` (the embedded default): Feast's file offline store reads each Delta table's snapshot through ``deltalake``
+(``shoplake.delta_offline_store``; Feast's own read would take every Parquet file in the folder).
 ``production``: Feast's Spark offline store reads Spark tables that ``shoplake.feature_store`` registers over the
 same Delta snapshots (Delta's Spark connector is not needed). Paths and names come from shoplake's settings.
 Every gold table is published only after its quality gate passed; a failed gate restores the last published

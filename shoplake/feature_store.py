@@ -2,7 +2,7 @@
 
 Environments (``SHOPLAKE_FEAST_ENV``), each also written as a ``feature_store.yaml`` under ``feature_repo/``:
 - ``local``: file registry and SQLite online store under ``$SHOPLAKE_HOME/feast``, Feast's file offline store
-  reading the gold Delta tables through ``deltalake``.
+  reading the gold Delta tables' snapshots through ``deltalake`` (``delta_offline_store``).
 - ``production``: SQL registry on PostgreSQL (``SHOPLAKE_FEAST_REGISTRY_URL``), Redis online store
   (``SHOPLAKE_FEAST_REDIS``; Feast's Redis store with a leaner read, ``redis_online_store``), Feast's Spark offline
   store. Delta's Spark connector is absent here, so the gold tables are registered as Spark temporary views over
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 REPO_DIR = Path(__file__).resolve().parent.parent / "feature_repo"
 PROJECT = "shoplake"
+GOLD_FEATURE_TIME = "event_timestamp"  # the end of the gold date a row describes
 FEATURE_TABLES = (
     "user_features", "user_items", "item_features", "item_neighbors", "item_embeddings", "category_popular",
 )  # fmt: skip
@@ -52,6 +53,7 @@ class FeatureStoreError(ShoplakeError):
 def repo_config(settings: Settings | None = None) -> Any:
     from feast.repo_config import RepoConfig
 
+    from shoplake.delta_offline_store import STORE_TYPE as DELTA_OFFLINE_STORE
     from shoplake.redis_online_store import STORE_TYPE as REDIS_STORE
 
     settings = settings or get_settings()
@@ -70,7 +72,7 @@ def repo_config(settings: Settings | None = None) -> Any:
         project=PROJECT, provider="local", entity_key_serialization_version=3,
         registry={"registry_type": "file", "path": str(feast_dir / "registry.db"), "cache_ttl_seconds": 0},
         online_store={"type": "sqlite", "path": str(feast_dir / "online.db")},
-        offline_store={"type": "file"},
+        offline_store={"type": DELTA_OFFLINE_STORE},
         repo_path=str(REPO_DIR),
     )  # fmt: skip
 
@@ -175,8 +177,10 @@ def publish(spark: SparkSession, settings: Settings | None = None, *, full_refre
     """Apply the definitions, then bring every feature view's online values up to its table's latest feature time.
 
     The watermark follows feature time (the end of a gold date; an embedding's creation), not the clock, so a
-    shop's history loads on the first publish and each daily run adds its date. A rerun of an older date is
-    republished with ``full_refresh`` (materializes each view from its earliest feature time again)."""
+    shop's history loads on the first publish and each daily run adds its date. The newest gold date is published
+    every time, even under the watermark: a rerun of it (late events) changes its rows without moving the
+    watermark, and online would keep the old values. A rerun of an older date is republished with ``full_refresh``
+    (materializes each view from its earliest feature time again)."""
     from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 
     from shoplake import redis_writer
@@ -218,6 +222,8 @@ def _windows(views: list[Any], full_refresh: bool) -> list[tuple[Any, dt.datetim
         end = latest + dt.timedelta(seconds=1)
         intervals = [] if full_refresh else view.materialization_intervals
         start = max(i[1] for i in intervals) if intervals else earliest - dt.timedelta(seconds=1)
+        if column == GOLD_FEATURE_TIME:  # the newest date again (see publish)
+            start = min(start, latest - dt.timedelta(seconds=1))
         if start >= end:
             log.info("%s: already materialized up to %s", view.name, start)
             continue

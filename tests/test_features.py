@@ -79,18 +79,59 @@ def test_publish_serves_online_matches_offline_and_keeps_its_watermark(spark, la
     ).to_dict()
     assert feature_store.check_consistency(spark, store)["user_profile"] == 2
 
-    assert feature_store.publish(spark) == []  # re-applying kept the watermark
+    # re-applying kept the watermark: only the newest gold date is published again, embeddings not at all
+    republished = feature_store.publish(spark)
+    assert {m.view for m in republished} >= {"user_profile", "item_stats"} and "item_embedding" not in {
+        m.view for m in republished
+    }
+    newest, second = end_of(1).replace(tzinfo=dt.UTC), dt.timedelta(seconds=1)
+    assert {(m.start, m.end) for m in republished} == {(newest - second, newest + second)}
     write_gold(spark, [user_row(7, 2, "champions")], [])
     again = feature_store.publish(spark)
     assert "user_profile" in {m.view for m in again}
     store = feature_store.get_store()
     assert feature_store.online_features(store, ["user_profile:segment"], [{"user_id": 7}])["segment"] == ["champions"]
     feature_store.check_consistency(spark, store)
+    # the newest date rerun (late events): same feature time, new values, and online follows them
+    rerun = spark.createDataFrame([user_row(7, 2, "at_risk")], USER_FEATURES.schema)
+    storage.write_table(rerun, USER_FEATURES, "overwrite_partitions", partitions=[{"as_of_date": dt.date(2019, 10, 2)}],
+                        run_id="t")  # fmt: skip
+    feature_store.publish(spark)
+    store = feature_store.get_store()
+    assert feature_store.online_features(store, ["user_profile:segment"], [{"user_id": 7}])["segment"] == ["at_risk"]
+    feature_store.check_consistency(spark, store)
 
     from feast.errors import FeatureServiceNotFoundException
 
     with pytest.raises(FeatureServiceNotFoundException):
         store.get_feature_service("recommender_v9")
+
+
+def test_feast_reads_a_tables_delta_snapshot_not_the_files_it_replaced(spark, lake):
+    """A failed gate or a trial leaves its rejected files in the table's folder (the restore only drops them from the
+    log), with the newest created_timestamp. Feast's file store read every file there, so those rows won."""
+    from pyspark.sql import functions as F
+
+    from shoplake.delta_offline_store import DeltaFileOfflineStore
+
+    write_gold(spark, [user_row(7, 1, "loyal")], [item_row(10, 1, 5.0)])
+    good = storage.table_version(USER_FEATURES)
+    rejected = spark.createDataFrame([user_row(7, 1, "champions")], USER_FEATURES.schema).withColumn(
+        "created_timestamp", F.lit(AT + dt.timedelta(hours=1))
+    )
+    storage.write_table(rejected, USER_FEATURES, "overwrite_partitions", partitions=[{"as_of_date": dt.date(2019, 10, 1)}],
+                        run_id="rejected")  # fmt: skip
+    storage.restore_table(USER_FEATURES, good)
+    assert len(list((lake / "lake" / "user_features").rglob("*.parquet"))) == 2  # the rejected file is still there
+
+    feature_store.publish(spark)
+    store = feature_store.get_store()
+    assert isinstance(store._get_provider().offline_store, DeltaFileOfflineStore)
+    assert feature_store.online_features(store, ["user_profile:segment"], [{"user_id": 7}])["segment"] == ["loyal"]
+    an_hour_later = pd.Timestamp(end_of(1), tz="UTC") + pd.Timedelta(hours=1)
+    views = pd.DataFrame({"user_id": [7], "event_timestamp": [an_hour_later]})
+    got = feature_store.historical_features(spark, store, views, ["user_profile:segment"])
+    assert got["user_profile__segment"].tolist() == ["loyal"]
 
 
 def test_the_writers_packed_lists_are_the_bytes_protobuf_serializes():
@@ -255,12 +296,17 @@ def test_the_bulk_redis_writer_writes_byte_for_byte_what_feast_materialize_write
         assert ours == feasts
         assert len(ours) == 4  # users 7 and 8, items 10 and 11
 
-        # the next publish writes only the new feature date, past each view's recorded window
+        # the next publish writes the new feature date past each view's recorded window, and each other gold
+        # view's newest date again (it may have been rerun); embeddings only when new ones exist
         storage.write_table(spark.createDataFrame([user_row(8, 3, "champions")], USER_FEATURES.schema),
                             USER_FEATURES, "append", run_id="t")  # fmt: skip
-        again = feature_store.publish(spark)
-        assert {m.view for m in again} == {"user_profile", "user_activity", "user_category_affinity"}
-        assert {m.start for m in again} == {(end_of(2) + dt.timedelta(seconds=1)).replace(tzinfo=dt.UTC)}
+        again = {m.view: (m.start, m.end) for m in feature_store.publish(spark)}
+        second = dt.timedelta(seconds=1)
+        new_date, items_newest = end_of(3).replace(tzinfo=dt.UTC), end_of(2).replace(tzinfo=dt.UTC)
+        for view in ("user_profile", "user_activity", "user_category_affinity"):
+            assert again[view] == (items_newest + second, new_date + second)
+        assert again["item_stats"] == (items_newest - second, items_newest + second)
+        assert "item_embedding" not in again
         online = feature_store.online_features(store, ["user_profile:segment"], [{"user_id": 8}, {"user_id": 7}])
         assert online["segment"] == ["champions", "loyal"]
 
