@@ -1,7 +1,8 @@
 """Items: land an item catalogue (CSV with a header, or JSON lines) into the ``items`` table.
 
-The catalogue is curated data, so a bad row (an id that is not an integer, an id given twice) stops the landing
-with an error that names the file and shows the offending rows, rather than being skipped. Landing upserts on
+The catalogue is curated data, so a bad row (an id that is not an integer, an id given twice, a price that is no
+number) stops the landing with an error that names the file and shows the offending rows, rather than being
+skipped. Landing upserts on
 ``item_id``: a newer catalogue replaces older rows for the same items and keeps the rest. Items the catalogue does
 not list come from the events (latest category, brand, price); what a catalogue row leaves out of those, the
 events fill in.
@@ -27,6 +28,7 @@ CATALOG_COLUMNS = ("item_id", "title", "description", "category_code", "brand", 
 EVENT_FIELDS = ("category_id", "category_code", "brand", "price")  # what events tell of an item
 CATALOG_SCHEMA = ", ".join(f"`{c}` STRING" for c in CATALOG_COLUMNS)
 MAX_EXAMPLES = 5
+MISSING_MARKERS = ("n/a", "na", "null", "none", "-")  # how catalogues write "no value", lower-cased
 
 
 def read_catalog(spark: SparkSession, path: str) -> DataFrame:
@@ -56,7 +58,7 @@ def transform_catalog(raw: DataFrame, updated_at: dt.datetime) -> DataFrame:
         F.lit(None).cast("long").alias("category_id"),
         F.lower(blank_to_null("category_code")).alias("category_code"),
         F.lower(blank_to_null("brand")).alias("brand"),
-        F.col("price").try_cast("double").alias("price"),
+        F.col("price").try_cast("double").alias("price"),  # not a number: refused by check_catalog, or missing
         blank_to_null("attributes").alias("attributes"),
         F.lit("catalog").alias("source"),
         F.lit(updated_at).cast("timestamp").alias("updated_at"),
@@ -69,6 +71,16 @@ def check_catalog(raw: DataFrame, items: DataFrame, path: str) -> None:
     if examples:
         raise InputError(
             f"{path}: {bad_ids.count()} catalogue rows have an item_id that is not an integer, e.g. {examples}"
+        )
+    price = F.lower(blank_to_null("price"))
+    bad_prices = raw.filter(
+        price.isNotNull() & ~price.isin(*MISSING_MARKERS) & F.col("price").try_cast("double").isNull()
+    )
+    examples = [r.price for r in bad_prices.limit(MAX_EXAMPLES).collect()]
+    if examples:  # "12,50" or "€5" would otherwise land as no price at all
+        raise InputError(
+            f"{path}: {bad_prices.count()} catalogue rows have a price that is not a number, e.g. {examples} "
+            f"(a missing price is empty or one of {', '.join(MISSING_MARKERS)})"
         )
     repeated = items.groupBy("item_id").count().filter(F.col("count") > 1)
     examples = [r.item_id for r in repeated.limit(MAX_EXAMPLES).collect()]

@@ -64,7 +64,9 @@ def test_a_csv_catalogue_with_quoted_commas_and_newlines(spark, lake, tmp_path):
 @pytest.mark.parametrize(
     ("records", "message"),
     [([{"item_id": "abc"}], "1 catalogue rows have an item_id that is not an integer, e.g. \\['abc'\\]"),
-     ([{"item_id": 1}, {"item_id": 1}], "item_id given more than once, e.g. \\[1\\]")],
+     ([{"item_id": 1}, {"item_id": 1}], "item_id given more than once, e.g. \\[1\\]"),
+     ([{"item_id": 2, "price": "12,50"}, {"item_id": 3, "price": "N/A"}],
+      "1 catalogue rows have a price that is not a number, e.g. \\['12,50'\\]")],
 )  # fmt: skip
 def test_a_bad_catalogue_is_refused_whole(spark, lake, tmp_path, records, message):
     path = write_catalog(tmp_path / "items.jsonl", [{"item_id": 9, "title": "fine"}, *records])
