@@ -180,17 +180,13 @@ def _undo(spark: SparkSession, versions: Mapping[str, int], *, run_id: str) -> N
     """Put each table back as it was before ``versions`` were written: its published contents, or, for a table
     never published, the version before; a table the write created is emptied. A trial's sample must not stay the
     latest contents, where the next run would publish it with its own date, and training sets would read it."""
-    for table, version in versions.items():
-        before = published_version(spark, table)
-        if before is None:
-            before = version - 1
-        if before >= 0:
-            if storage.table_version(table) != before:
-                storage.restore_table(table, before)
-            continue
-        spec = get_table(table)
-        storage.write_table(spark.createDataFrame([], spec.schema), spec, "overwrite", run_id=run_id)
-        log.warning("%s: emptied (the trial created it)", table)
+    for table, published in _restore_published(spark, list(versions)).items():
+        if published is None and versions[table] > 0:
+            storage.restore_table(table, versions[table] - 1)
+        elif published is None:
+            spec = get_table(table)
+            storage.write_table(spark.createDataFrame([], spec.schema), spec, "overwrite", run_id=run_id)
+            log.warning("%s: emptied (the trial created it)", table)
 
 
 def _restore_published(spark: SparkSession, tables: list[str]) -> dict[str, int | None]:
