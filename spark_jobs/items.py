@@ -66,25 +66,24 @@ def transform_catalog(raw: DataFrame, updated_at: dt.datetime) -> DataFrame:
 
 def check_catalog(raw: DataFrame, items: DataFrame, path: str) -> None:
     bad_ids = raw.filter(F.col("item_id").isNull() | F.col("item_id").try_cast("long").isNull())
-    examples = [r.item_id for r in bad_ids.limit(MAX_EXAMPLES).collect()]
-    if examples:
-        raise InputError(
-            f"{path}: {bad_ids.count()} catalogue rows have an item_id that is not an integer, e.g. {examples}"
-        )
-    price = F.lower(blank_to_null("price"))
+    _refuse_rows(bad_ids, "item_id", path, "an item_id that is not an integer")
+    price = F.lower(blank_to_null("price"))  # "12,50" or "€5" would otherwise land as no price at all
     bad_prices = raw.filter(
         price.isNotNull() & ~price.isin(*MISSING_MARKERS) & F.col("price").try_cast("double").isNull()
     )
-    examples = [r.price for r in bad_prices.limit(MAX_EXAMPLES).collect()]
-    if examples:  # "12,50" or "€5" would otherwise land as no price at all
-        raise InputError(
-            f"{path}: {bad_prices.count()} catalogue rows have a price that is not a number, e.g. {examples} "
-            f"(a missing price is empty or one of {', '.join(MISSING_MARKERS)})"
-        )
+    missing = f" (a missing price is empty or one of {', '.join(MISSING_MARKERS)})"
+    _refuse_rows(bad_prices, "price", path, "a price that is not a number", missing)
     repeated = items.groupBy("item_id").count().filter(F.col("count") > 1)
     examples = [r.item_id for r in repeated.limit(MAX_EXAMPLES).collect()]
     if examples:
         raise InputError(f"{path}: item_id given more than once, e.g. {examples}")
+
+
+def _refuse_rows(bad: DataFrame, column: str, path: str, what: str, hint: str = "") -> None:
+    """Refuse the catalogue when ``bad`` holds any row: how many, and a few of their ``column`` values."""
+    examples = [r[column] for r in bad.limit(MAX_EXAMPLES).collect()]
+    if examples:
+        raise InputError(f"{path}: {bad.count()} catalogue rows have {what}, e.g. {examples}{hint}")
 
 
 def prepare_catalog(spark: SparkSession, path: str, updated_at: dt.datetime) -> DataFrame:
