@@ -28,7 +28,7 @@ from spark_jobs.gold import baskets_of, cf_recommendations_of, item_similarity_o
 from spark_jobs.interactions import AsOf, transform_interactions
 from spark_jobs.item_features import ALL_CATEGORIES, transform_category_popular, transform_item_features
 from spark_jobs.similarity import transform_user_ratings
-from spark_jobs.user_features import transform_category_affinity
+from spark_jobs.user_features import recent_events, transform_category_affinity
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,9 @@ def evaluate(
         item_features = transform_item_features(
             train, storage.read_table(spark, ITEMS), as_of, prior_strength=settings.rate_prior_strength
         )
-        recent = train.filter(F.col("event_time") >= F.lit(as_of.start(30)).cast("timestamp"))  # as user_features
         made_up = transform_popular_fill(
             users,
-            transform_category_affinity(recent),
+            transform_category_affinity(recent_events(train, as_of)),
             transform_category_popular(item_features, as_of, keep=settings.popular_items_kept),
             bought.unionByName(cf.select("user_id", "item_id")),
             k,

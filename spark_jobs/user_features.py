@@ -178,12 +178,17 @@ def price_band(quartiles: list[float] | None) -> Column:
     return F.when(F.col("priced_events") == 0, F.lit(None).cast("string")).otherwise(band)
 
 
+def recent_events(events: DataFrame, as_of: AsOf) -> DataFrame:
+    """The last 30 days' events: what sessions, conversion and category affinity describe."""
+    return events.filter(F.col("event_time") >= F.lit(as_of.start(30)).cast("timestamp"))
+
+
 def transform_user_features(events: DataFrame, as_of: AsOf) -> DataFrame:
     """One row per user with any event in ``events`` (the history window of non-bot silver events).
 
     What is grouped by user alone — RFM, activity, the counts behind the price band — is one hash aggregation:
     a per-user quantile sketch there made Spark sort every event instead."""
-    recent = events.filter(F.col("event_time") >= F.lit(as_of.start(30)).cast("timestamp"))
+    recent = recent_events(events, as_of)
     quartiles = shop_price_quartiles(events)
     per_user = events.groupBy("user_id").agg(*rfm_measures(), *activity_counts(as_of), *median_price_below(quartiles))
     features = with_rfm_scores(per_user, as_of).withColumn("price_band", price_band(quartiles))
