@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a file or folder name that Spark's paths also take: runs of anything but letters, digits, ``_``,
+    ``.`` and ``-`` become one ``-`` (Airflow's run ids hold ``:`` and ``+``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
 def replace_folder(staged: Path, target: Path) -> None:

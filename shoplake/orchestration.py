@@ -279,7 +279,7 @@ def plan_run(params: Mapping[str, Any], logical_date: dt.datetime | None, dag_ru
 
     Dates: ``date``, or ``start``..``end``; without either, a scheduled run processes its data interval's date and
     a manual one the dates of the files it lands. Raises ``ShoplakeError`` with the reason, before any data task."""
-    import re
+    from shoplake.files import safe_name
 
     def day(name: str) -> dt.date | None:
         value = params.get(name)
@@ -304,7 +304,7 @@ def plan_run(params: Mapping[str, Any], logical_date: dt.datetime | None, dag_ru
     if not 0 < fraction <= 1:
         raise ShoplakeError(f"param sample_fraction must be in (0, 1], got {fraction}")
     return {
-        "run_id": "airflow-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", dag_run_id).strip("-"),
+        "run_id": "airflow-" + safe_name(dag_run_id),
         "dates": [d.isoformat() for d in dates] if dates else None,
         "full_refresh": bool(params.get("full_refresh", False)),
         "skip": skip,

@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import datetime as dt
 import logging
-import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -36,7 +35,7 @@ from shoplake.catalog import (
     TableSpec,
 )
 from shoplake.errors import ShoplakeError
-from shoplake.files import replace_folder
+from shoplake.files import replace_folder, safe_name
 from shoplake.run_metrics import record_metrics
 from shoplake.settings import Settings, get_settings
 from spark_jobs import items
@@ -90,7 +89,7 @@ def matrix_dir(settings: Settings, as_of_date: dt.date) -> Path:
 def staged_matrix_dir(settings: Settings, as_of_date: dt.date, run_id: str) -> Path:
     """Where a gold run exports its matrix until gold's gate publishes it (``publish_matrix``) or drops it: a
     failed or trial (sampled) run must not replace the matrix of the published interactions."""
-    run = re.sub(r"[^A-Za-z0-9_.-]+", "-", run_id)
+    run = safe_name(run_id)
     return settings.home / "exports" / "interaction_matrix" / ".staged" / run / f"as_of_date={as_of_date.isoformat()}"
 
 
