@@ -7,6 +7,7 @@ can join them point-in-time.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 from pyspark.sql import types as T
@@ -39,6 +40,12 @@ def _fields(*specs: tuple[str, T.DataType]) -> T.StructType:
 S, L, INT, D = T.StringType(), T.LongType(), T.IntegerType(), T.DoubleType()
 TS, DT, B = T.TimestampType(), T.DateType(), T.BooleanType()
 FEATURE_TIMES = (("event_timestamp", TS), ("created_timestamp", TS))
+
+
+def gold_feature_time(date: dt.date) -> dt.datetime:
+    """A gold date's ``event_timestamp``: the end of that date (UTC), when its features became true."""
+    return dt.datetime.combine(date + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+
 
 RAW_EVENT_COLUMNS = (
     "event_time", "event_type", "product_id", "category_id", "category_code", "brand", "price", "user_id",

@@ -137,10 +137,10 @@ def _embed(run_id: str, full_refresh: bool = False) -> None:
     _say(orchestration.embed(run_id, full_refresh))
 
 
-def _publish(full_refresh: bool = False) -> None:
+def _publish(full_refresh: bool = False, since: dt.date | None = None) -> None:
     from shoplake import orchestration
 
-    _say(orchestration.publish_features(full_refresh))
+    _say(orchestration.publish_features(full_refresh, since))
     _say(orchestration.check_features())
 
 
@@ -222,9 +222,16 @@ def kg(date: DateOption = None, run_id: RunIdOption = None) -> None:
 @_clear_errors
 def publish(
     full_refresh: Annotated[bool, typer.Option(help="Materialize every view from its earliest feature time.")] = False,
+    since: Annotated[
+        dt.datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Materialize gold again from this date on (after rerunning it)."),
+    ] = None,
 ) -> None:
-    """Publish the gold features to Feast (apply + incremental materialization), then check online = offline."""
-    _publish(full_refresh)
+    """Publish the gold features to Feast (apply + incremental materialization), then check online = offline.
+
+    The newest gold date is always materialized again; after `shoplake gold` reran an older date, pass it as
+    --since."""
+    _publish(full_refresh, since.date() if since else None)
 
 
 @app.command()
@@ -381,7 +388,7 @@ def pipeline(
     _gold(as_of, run_id)
     _embed(run_id)
     _kg(as_of, run_id)
-    _publish()
+    _publish(since=as_of)
     _say(orchestration.evaluate_recommender(as_of, run_id))
     _say(orchestration.marketing_report())
     typer.echo(f"\nrun {run_id} done.")

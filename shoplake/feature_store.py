@@ -173,14 +173,22 @@ def feature_time_range(table: str, column: str) -> tuple[dt.datetime, dt.datetim
     return low.as_py(), high.as_py()
 
 
-def publish(spark: SparkSession, settings: Settings | None = None, *, full_refresh: bool = False) -> list[Materialized]:
+def publish(
+    spark: SparkSession,
+    settings: Settings | None = None,
+    *,
+    full_refresh: bool = False,
+    since: dt.date | None = None,
+) -> list[Materialized]:
     """Apply the definitions, then bring every feature view's online values up to its table's latest feature time.
 
     The watermark follows feature time (the end of a gold date; an embedding's creation), not the clock, so a
     shop's history loads on the first publish and each daily run adds its date. The newest gold date is published
     every time, even under the watermark: a rerun of it (late events) changes its rows without moving the
-    watermark, and online would keep the old values. A rerun of an older date is republished with ``full_refresh``
-    (materializes each view from its earliest feature time again)."""
+    watermark, and online would keep the old values. A rerun of an older gold date passes it as ``since``: the gold
+    views are materialized again from that date on, so an entity whose latest row is that date's (a user only its
+    late events hold) goes online, while the others keep their newer rows (the latest row in the window wins).
+    ``full_refresh`` materializes each view from its earliest feature time again."""
     from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 
     from shoplake import redis_writer
@@ -192,7 +200,7 @@ def publish(spark: SparkSession, settings: Settings | None = None, *, full_refre
     apply(store)
     done = []
     together: dict[tuple[str, dt.datetime, dt.datetime], list[Any]] = {}
-    for view, start, end in _windows(store.list_feature_views(), full_refresh):
+    for view, start, end in _windows(store.list_feature_views(), full_refresh, since):
         if isinstance(store.config.online_store, RedisOnlineStoreConfig) and redis_writer.supports(view):
             together.setdefault((_table(view), start, end), []).append(view)
         else:
@@ -206,8 +214,10 @@ def publish(spark: SparkSession, settings: Settings | None = None, *, full_refre
     return done
 
 
-def _windows(views: list[Any], full_refresh: bool) -> list[tuple[Any, dt.datetime, dt.datetime]]:
-    """(view, start, end) for each view with features past its watermark."""
+def _windows(
+    views: list[Any], full_refresh: bool, since: dt.date | None = None
+) -> list[tuple[Any, dt.datetime, dt.datetime]]:
+    """(view, start, end) for each view with features past its watermark, or gold features from ``since`` on."""
     ranges: dict[tuple[str, str], tuple[dt.datetime, dt.datetime] | None] = {}
     windows = []
     for view in views:
@@ -222,8 +232,12 @@ def _windows(views: list[Any], full_refresh: bool) -> list[tuple[Any, dt.datetim
         end = latest + dt.timedelta(seconds=1)
         intervals = [] if full_refresh else view.materialization_intervals
         start = max(i[1] for i in intervals) if intervals else earliest - dt.timedelta(seconds=1)
-        if column == GOLD_FEATURE_TIME:  # the newest date again (see publish)
+        if column == GOLD_FEATURE_TIME:  # the newest date again, and any rerun date (see publish)
             start = min(start, latest - dt.timedelta(seconds=1))
+            if since is not None:
+                from shoplake.catalog import gold_feature_time
+
+                start = min(start, gold_feature_time(since) - dt.timedelta(seconds=1))
         if start >= end:
             log.info("%s: already materialized up to %s", view.name, start)
             continue
@@ -361,7 +375,8 @@ def check_consistency(spark: SparkSession, store: FeatureStore, sample: int = 50
                                       f"≠ offline {_short(row[name])}")  # fmt: skip
         compared[view.name] = len(latest)
     if mismatches:
-        raise FeatureStoreError(f"online and offline features differ ({len(mismatches)} values):\n  "
+        raise FeatureStoreError(f"online and offline features differ ({len(mismatches)} values; after a rerun of an "
+                                "older gold date, publish with --since that date):\n  "
                                 + "\n  ".join(mismatches[:10]))  # fmt: skip
     return compared
 

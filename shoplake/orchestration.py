@@ -332,11 +332,12 @@ def landing_files(path: str | None) -> list[str]:
     return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(EVENT_SUFFIXES))
 
 
-def publish_features(full_refresh: bool = False) -> Step:
-    """Feast: apply the definitions, materialize the published gold tables into the online store."""
+def publish_features(full_refresh: bool = False, since: dt.date | None = None) -> Step:
+    """Feast: apply the definitions, materialize the published gold tables into the online store (gold dates from
+    ``since`` on again: the run's gold date, when it reran an older one)."""
     from shoplake import feature_store
 
-    done = feature_store.publish(_spark(), full_refresh=full_refresh)
+    done = feature_store.publish(_spark(), full_refresh=full_refresh, since=since)
     lines = [f"feast: {m.view} materialized {m.start:%Y-%m-%d %H:%M} → {m.end:%Y-%m-%d %H:%M}" for m in done]
     return Step(lines or ["feast: every feature view already up to date"], {"materialized": [m.view for m in done]})
 

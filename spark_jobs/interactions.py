@@ -14,7 +14,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from shoplake.catalog import COUNT_COLUMN, EVENT_TYPES, INTERACTIONS
+from shoplake.catalog import COUNT_COLUMN, EVENT_TYPES, INTERACTIONS, gold_feature_time
 
 SECONDS_PER_DAY = 86_400
 
@@ -28,7 +28,7 @@ class AsOf:
 
     @property
     def end(self) -> dt.datetime:
-        return dt.datetime.combine(self.date + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+        return gold_feature_time(self.date)
 
     def start(self, days: int) -> dt.datetime:
         return self.end - dt.timedelta(days=days)
