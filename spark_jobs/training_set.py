@@ -77,10 +77,28 @@ def missing_gold_dates(first: dt.date, last: dt.date) -> list[dt.date]:
     return [d for d in dates_between(first - day, last - day) if d.isoformat() not in computed]
 
 
-def _gold_hint(missing: list[dt.date]) -> str:
-    dates = f"--date {missing[0]}" if len(missing) == 1 else f"--start {missing[0]} --end {missing[-1]}"
-    listed = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-    return f"gold has no features as of {listed}; `shoplake gold {dates}` computes them"
+def first_event_date() -> dt.date | None:
+    """The shop's first day in silver (from the log, no data read)."""
+    dates = [p["event_date"] for p in storage.partition_values(SILVER_EVENTS) if p["event_date"]]
+    return dt.date.fromisoformat(min(dates)) if dates else None
+
+
+def gold_hint(first: dt.date, last: dt.date) -> str:
+    """What would give the views of ``first``..``last`` their features, or "" when nothing is missing: gold for
+    the days before them, from the shop's first day on (gold before it would be empty), and a later start when the
+    set opens on that first day, whose views no features can precede."""
+    opening, day = first_event_date(), dt.timedelta(days=1)
+    missing = missing_gold_dates(first, last)
+    hints = []
+    if opening is not None and first <= opening and opening - day in missing:
+        hints.append(f"views on {opening}, the first day of events, have no earlier features: start the set on "
+                     f"{opening + day} or later")  # fmt: skip
+    missing = [d for d in missing if opening is None or d >= opening]
+    if missing:
+        dates = f"--date {missing[0]}" if len(missing) == 1 else f"--start {missing[0]} --end {missing[-1]}"
+        listed = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        hints.append(f"gold has no features as of {listed}; `shoplake gold {dates}` computes them")
+    return "; ".join(hints)
 
 
 def check_training_set(
@@ -100,10 +118,15 @@ def check_training_set(
     present.insert(0, "label", joined["label"].astype("int64"))
     schema = ", ".join(["label long", "event_timestamp timestamp", *(f"`{c}` string" for c in feature_columns)])
     frame = spark.createDataFrame(present, schema)
-    outcome = run_suite(frame, build_suite(feature_columns, max_null_rate))
+    outcome = run_suite(frame, build_suite(feature_columns, max_null_rate), cache=True)
     if not outcome.passed:
-        failures = "; ".join(o.describe() for o in outcome.failures("critical"))
-        raise ShoplakeError(f"training set {name} failed its quality gate, nothing written: {failures}"
+        failed = outcome.failures("critical")
+        sparse = [f"{o.column} {present[o.column].isna().mean():.0%}" for o in failed if o.column in feature_columns]
+        failures = [o.describe() for o in failed if o.column not in feature_columns]
+        if sparse:  # one line for them all: 20 sampled nulls per column said nothing more
+            failures.append(f"{len(sparse)} feature columns are null in more than {max_null_rate:.0%} of the rows: "
+                            + ", ".join(sparse))  # fmt: skip
+        raise ShoplakeError(f"training set {name} failed its quality gate, nothing written: {'; '.join(failures)}"
                             + (f" ({hint})" if hint else ""))  # fmt: skip
 
 
@@ -131,8 +154,7 @@ def build_training_set(
         raise ShoplakeError(f"training set: {len(labelled)} labelled views but {len(joined)} rows with features")
     feature_columns = [f.replace(":", "__") for f in TRAINING_FEATURES]
     null_rates = {c: float(joined[c].isna().mean()) for c in feature_columns if c in joined}
-    missing = missing_gold_dates(first, last)
-    hint = _gold_hint(missing) if missing else ""
+    hint = gold_hint(first, last)
     check_training_set(spark, joined, feature_columns, settings.quality_max_training_null_rate, name, hint)
     if hint:
         log.warning("training set %s: %s", name, hint)

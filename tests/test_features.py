@@ -521,6 +521,19 @@ def test_a_training_set_gets_point_in_time_features_and_passes_its_gate(spark, l
     with pytest.raises(ShoplakeError, match=r"gold has no features as of 2019-10-05; `shoplake gold --date 2019-10-05`"):
         build_training_set(spark, dt.date(2019, 10, 6), dt.date(2019, 10, 6), name="t")
     assert result.path.is_file()  # the earlier set stays as it was
+    # a set opening on the shop's first day of events: no features can precede its views (gold as of the day
+    # before would be empty), so the hint asks for a later start, not for that gold; the error gives each sparse
+    # column's null rate, once, instead of 20 sampled nulls per column
+    first = [(f"f{n}", dt.datetime(2019, 10, 1, 9 + n), "view", 10 + n, 1, "kids.toys", "lego", 5.0, user, f"u{user}",
+              f"u{user}", False, "f", n, "c", "r", AT, dt.date(2019, 10, 1)) for n, user in enumerate((7, 8, 9))]  # fmt: skip
+    storage.write_table(spark.createDataFrame(first, SILVER_EVENTS.schema), SILVER_EVENTS, "append", run_id="t")
+    with pytest.raises(ShoplakeError) as refused:
+        build_training_set(spark, dt.date(2019, 10, 1), dt.date(2019, 10, 2), name="t")
+    message = str(refused.value)
+    assert re.search(r"\d+ feature columns are null in more than 50% of the rows: user_profile__segment 60%, ", message)
+    assert "sample: [None" not in message
+    assert message.endswith("(views on 2019-10-01, the first day of events, have no earlier features: start the set "
+                            "on 2019-10-02 or later)")  # fmt: skip
     for name in ("../outside", "a/b", ".hidden", ""):  # a name is a file name under exports, refused up front
         with pytest.raises(ShoplakeError, match="it names a file"):
             build_training_set(spark, dt.date(2019, 10, 2), dt.date(2019, 10, 2), name=name)
