@@ -179,7 +179,7 @@ def shoplake_daily() -> None:
 
         if _skipped(plan, "kg"):
             return {}
-        as_of = _day(plan["dates"][-1]) if plan["dates"] else orchestration.latest_silver_date()
+        as_of = orchestration.graph_date(_day(plan["dates"][-1]) if plan["dates"] else None)
         return {"as_of": as_of.isoformat(), **orchestration.knowledge_graph(as_of, plan["run_id"]).log()}
 
     @task(outlets=GRAPH_ASSETS)

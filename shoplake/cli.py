@@ -387,7 +387,7 @@ def pipeline(
     as_of = date.date() if date else _latest_silver_date()
     _gold(as_of, run_id)
     _embed(run_id)
-    _kg(as_of, run_id)
+    _kg(orchestration.graph_date(as_of), run_id)
     _publish(since=as_of)
     _say(orchestration.evaluate_recommender(as_of, run_id))
     _say(orchestration.marketing_report())

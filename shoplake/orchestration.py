@@ -78,6 +78,14 @@ def latest_silver_date() -> dt.date:
     return max(dt.date.fromisoformat(d) for d in dates)
 
 
+def graph_date(run_date: dt.date | None) -> dt.date:
+    """The date a run builds the knowledge graph as of. The graph is one current table, not one per date, so it
+    follows the newest date in silver (or the run's, when later): a run that reprocesses an older date (late
+    events, a backfill) rebuilt it from that date's history and rolled the graph back by the days since."""
+    latest = latest_silver_date()
+    return max(run_date, latest) if run_date else latest
+
+
 def bronze_dates() -> list[dt.date]:
     """Every event date bronze holds (a full refresh rebuilds them all)."""
     from shoplake import storage

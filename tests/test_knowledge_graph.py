@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from pyspark.sql import functions as F
 
 from shoplake import storage
 from shoplake.catalog import ITEMS, SILVER_EVENTS
@@ -201,3 +202,17 @@ def test_the_whole_graph_is_consistent_and_rebuilt_identically(spark, lake):
     before = snapshot()
     run_knowledge_graph(spark, DAY, run_id="t2", created_at=AT + dt.timedelta(days=1))
     assert snapshot() == before
+
+
+def test_a_run_of_an_older_date_builds_the_graph_as_of_the_newest_silver_date(spark, lake):
+    """The graph is one current table: a backfill of October 1 must not rebuild it from October 1's history (its
+    co-behaviour edges then lost every later day's sessions)."""
+    from shoplake.errors import ShoplakeError
+    from shoplake.orchestration import graph_date
+
+    with pytest.raises(ShoplakeError, match="silver_events is empty"):
+        graph_date(DAY)
+    later = events(spark, [("s9", 1, "view", 1)]).withColumn("event_date", F.lit(dt.date(2019, 10, 3)))
+    storage.write_table(events(spark, [("s1", 1, "view", 1)]).unionByName(later), SILVER_EVENTS, "append", run_id="t")
+    assert graph_date(DAY) == graph_date(None) == dt.date(2019, 10, 3)
+    assert graph_date(dt.date(2019, 10, 5)) == dt.date(2019, 10, 5)  # a run for a later day: its own date
