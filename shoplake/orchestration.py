@@ -69,13 +69,12 @@ def dates_from(date: dt.date | None, start: dt.date | None, end: dt.date | None)
 
 
 def latest_silver_date() -> dt.date:
-    from shoplake import storage
-    from shoplake.catalog import SILVER_EVENTS
+    from spark_jobs.silver import event_dates
 
-    dates = [p["event_date"] for p in storage.partition_values(SILVER_EVENTS) if p["event_date"]]
+    dates = event_dates()
     if not dates:
         raise ShoplakeError("silver_events is empty: run `shoplake silver` (or `shoplake pipeline`) first")
-    return max(dt.date.fromisoformat(d) for d in dates)
+    return dates[-1]
 
 
 def graph_date(run_date: dt.date | None) -> dt.date:

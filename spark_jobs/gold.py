@@ -81,6 +81,21 @@ def read_history(spark: SparkSession, as_of: AsOf, history_days: int, sample_fra
     return events
 
 
+def current_events(
+    spark: SparkSession, as_of: AsOf, history: DataFrame, settings: Settings, sample_fraction: float
+) -> DataFrame:
+    """The events that describe items as they are now: every user's, in the window of the newest date in silver.
+    ``items`` is one current table, so a run for an older date (a backfill) or a trial (sampled users) would set
+    an item's category, brand or price back to what its own history last saw. A run for the newest date with
+    every user reads nothing more: that is its own ``history``."""
+    from spark_jobs.silver import event_dates
+
+    newest = max([*event_dates(), as_of.date])
+    if newest == as_of.date and sample_fraction == 1:
+        return history
+    return read_history(spark, AsOf(newest, as_of.computed_at), settings.history_days)
+
+
 def matrix_dir(settings: Settings, as_of_date: dt.date) -> Path:
     """Where the published interaction matrix of a date lies: that of gold's published interactions."""
     return settings.home / "exports" / "interaction_matrix" / f"as_of_date={as_of_date.isoformat()}"
@@ -148,7 +163,8 @@ def run_gold(
         raise ShoplakeError(f"sample fraction must be in (0, 1], got {sample_fraction}")
     events = read_history(spark, as_of, settings.history_days, sample_fraction)
     with timed(ITEMS.name):
-        items.refresh_items_from_events(spark, events, run_id=run_id, updated_at=computed_at)
+        described = current_events(spark, as_of, events, settings, sample_fraction)
+        items.refresh_items_from_events(spark, described, run_id=run_id, updated_at=computed_at)
     with timed(INTERACTIONS.name):
         interactions = write(
             transform_interactions(events, as_of, settings.event_weights, settings.half_life_days), INTERACTIONS

@@ -341,6 +341,12 @@ def check_reconciliation(bronze_rows: int, counts: dict[str, int], silver_rows: 
         raise ReconciliationError("silver reconciliation failed: " + "; ".join(problems))
 
 
+def event_dates() -> list[dt.date]:
+    """The dates silver holds events of, in order (from the log, no data read)."""
+    dates = (p["event_date"] for p in storage.partition_values(SILVER_EVENTS))
+    return sorted(dt.date.fromisoformat(d) for d in dates if d)
+
+
 def dates_between(start: dt.date, end: dt.date) -> list[dt.date]:
     if end < start:
         raise ShoplakeError(f"end {end} is before start {start}")

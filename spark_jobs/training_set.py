@@ -77,17 +77,13 @@ def missing_gold_dates(first: dt.date, last: dt.date) -> list[dt.date]:
     return [d for d in dates_between(first - day, last - day) if d.isoformat() not in computed]
 
 
-def first_event_date() -> dt.date | None:
-    """The shop's first day in silver (from the log, no data read)."""
-    dates = [p["event_date"] for p in storage.partition_values(SILVER_EVENTS) if p["event_date"]]
-    return dt.date.fromisoformat(min(dates)) if dates else None
-
-
 def gold_hint(first: dt.date, last: dt.date) -> str:
     """What would give the views of ``first``..``last`` their features, or "" when nothing is missing: gold for
     the days before them, from the shop's first day on (gold before it would be empty), and a later start when the
     set opens on that first day, whose views no features can precede."""
-    opening, day = first_event_date(), dt.timedelta(days=1)
+    from spark_jobs.silver import event_dates
+
+    opening, day = next(iter(event_dates()), None), dt.timedelta(days=1)
     missing = missing_gold_dates(first, last)
     hints = []
     if opening is not None and first <= opening and opening - day in missing:

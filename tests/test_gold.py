@@ -408,3 +408,29 @@ def test_a_staged_interaction_matrix_replaces_the_published_one_whole_or_is_drop
     assert list((published.parent / ".staged").iterdir()) == []  # nothing left behind
     assert gold.publish_matrix(settings, day, "never-staged") is None  # e.g. gold ran where this lake is not
     assert [p.name for p in (published / "coo").iterdir()] == ["airflow-manual__2019-10-02T00-00-00.parquet"]
+
+
+def test_items_keep_their_newest_description_through_a_backfill_and_a_trial(spark, lake):
+    """``items`` is one current table: gold as of an older date, or on a sample of users, set an event-derived
+    item's brand and price back to what that history last saw."""
+    from pyspark.sql import Row
+
+    users = spark.createDataFrame([Row(user_id=u) for u in range(1, 40)])
+    hashes = users.select("user_id", (F.abs(F.xxhash64("user_id")) % 10_000).alias("bucket")).collect()
+    sampled = next(r.user_id for r in hashes if r.bucket < 5_000)  # in a 50 % trial's sample
+    left_out = next(r.user_id for r in hashes if r.bucket >= 5_000)  # not in it
+    storage.write_table(events(spark, [ev(3, "view", 1, user=sampled, brand="old", price=10.0),
+                                       ev(1, "view", 1, user=left_out, brand="new", price=12.0)]),
+                        SILVER_EVENTS, "append", run_id="t")  # fmt: skip
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+    def item_one():
+        row = storage.read_table(spark, "items").filter("item_id = 1").collect()[0]
+        return row.brand, row.price
+
+    gold.run_gold(spark, dt.date(2019, 10, 31), run_id="g1", computed_at=at)
+    assert item_one() == ("new", 12.0)
+    gold.run_gold(spark, dt.date(2019, 10, 29), run_id="g2", computed_at=at)  # a backfill: only "old" in its history
+    assert item_one() == ("new", 12.0)
+    gold.run_gold(spark, dt.date(2019, 10, 31), run_id="g3", computed_at=at, sample_fraction=0.5)
+    assert item_one() == ("new", 12.0)
