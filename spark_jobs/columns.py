@@ -37,6 +37,17 @@ def blank_to_null(column: str | Column) -> Column:
     return F.when(trimmed == "", None).otherwise(trimmed)
 
 
+def category_path(column: str | Column) -> Column:
+    """A category path in the lower-case dotted form that the taxonomy, the category levels and the item texts
+    split: REES46 writes ``electronics.audio.headphone``; catalogue feeds and Google's product taxonomy write
+    ``Electronics > Audio > Headphones``, which becomes ``electronics.audio.headphones`` (an empty level is
+    dropped). Only a path with a ``>`` goes through the regular expressions."""
+    text = F.lower(blank_to_null(column))
+    dotted = F.regexp_replace(F.regexp_replace(text, r"\s*[>.]\s*", "."), r"\.{2,}", ".")
+    dotted = F.regexp_replace(dotted, r"^\.|\.$", "")
+    return F.when(F.instr(text, ">") == 0, text).when(dotted != "", dotted)
+
+
 def csv_field_count(line: str | Column) -> Column:
     """How many fields a CSV line holds; the quote-aware split runs only on lines that contain a quote."""
     value = F.col(line) if isinstance(line, str) else line

@@ -21,7 +21,7 @@ from shoplake import storage
 from shoplake.catalog import ITEMS
 from shoplake.errors import InputError
 from spark_jobs.bronze import file_format, unreadable_file_as_input_error
-from spark_jobs.columns import blank_to_null
+from spark_jobs.columns import blank_to_null, category_path
 
 CATALOG_COLUMNS = ("item_id", "title", "description", "category_code", "brand", "price", "attributes")
 EVENT_FIELDS = ("category_id", "category_code", "brand", "price")  # what events tell of an item
@@ -55,7 +55,7 @@ def transform_catalog(raw: DataFrame, updated_at: dt.datetime) -> DataFrame:
         blank_to_null("title").alias("title"),
         blank_to_null("description").alias("description"),
         F.lit(None).cast("long").alias("category_id"),
-        F.lower(blank_to_null("category_code")).alias("category_code"),
+        category_path("category_code").alias("category_code"),
         F.lower(blank_to_null("brand")).alias("brand"),
         F.col("price").try_cast("double").alias("price"),  # not a number: refused by check_catalog, or missing
         blank_to_null("attributes").alias("attributes"),

@@ -33,7 +33,7 @@ from shoplake.catalog import BRONZE_EVENTS, QUARANTINE_EVENTS, RAW_EVENT_COLUMNS
 from shoplake.errors import ShoplakeError
 from shoplake.run_metrics import record_metrics
 from shoplake.settings import Settings, get_settings
-from spark_jobs.columns import EVENT_TYPE_SYNONYMS, blank_to_null, parse_event_time
+from spark_jobs.columns import EVENT_TYPE_SYNONYMS, blank_to_null, category_path, parse_event_time
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def transform_classifiable(typed: DataFrame) -> DataFrame:
         F.col("t_event_type").alias("event_type"),
         F.col("t_product_id").alias("product_id"),
         blank_to_null(F.col("category_id")).try_cast("long").alias("category_id"),
-        F.lower(blank_to_null(F.col("category_code"))).alias("category_code"),
+        category_path("category_code").alias("category_code"),
         F.lower(blank_to_null(F.col("brand"))).alias("brand"),
         F.col("t_price").alias("price"),
         F.col("t_user_id").alias("user_id"),

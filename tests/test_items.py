@@ -36,7 +36,7 @@ def test_a_json_lines_catalogue_lands_typed(spark, lake, tmp_path):
         {"item_id": 1, "title": "Sony WH-1000XM4", "description": "Noise-cancelling headphones",
          "category_code": "Electronics.Audio.Headphone", "brand": "Sony", "price": 349.0,
          "attributes": {"colour": "black"}},
-        {"item_id": "2", "title": " ", "price": "n/a"},
+        {"item_id": "2", "title": " ", "price": "n/a", "category_code": "Home & Garden > Lighting"},
     ])  # fmt: skip
     result = items.land_catalog(spark, path, run_id="r", updated_at=AT)
     assert result.rows == 2
@@ -48,7 +48,7 @@ def test_a_json_lines_catalogue_lands_typed(spark, lake, tmp_path):
         "catalog",
     )
     assert json.loads(got[1].attributes) == {"colour": "black"}
-    assert (got[2].title, got[2].price) == (None, None)
+    assert (got[2].title, got[2].price, got[2].category_code) == (None, None, "home & garden.lighting")
 
 
 def test_a_csv_catalogue_with_quoted_commas_and_newlines(spark, lake, tmp_path):

@@ -120,6 +120,26 @@ def test_event_times_in_the_formats_shops_write_parse_to_utc(spark, text, utc):
     assert got == (dt.datetime.fromisoformat(utc) if utc else None)
 
 
+def test_category_paths_as_shops_and_catalogue_feeds_write_them_become_dotted(spark):
+    """One form for the taxonomy to split: REES46's dotted codes, and the `A > B > C` of Google's product taxonomy
+    and most catalogue feeds (before, that landed as one category named "home & garden > lighting")."""
+    from spark_jobs.columns import category_path
+
+    cases = {
+        "electronics.audio.headphone": "electronics.audio.headphone",  # REES46, as it was
+        "Electronics.Smartphone": "electronics.smartphone",
+        "Home & Garden > Lighting > Lamps": "home & garden.lighting.lamps",
+        "Toys>Lego": "toys.lego",
+        " Toys >  > Lego > ": "toys.lego",  # an empty level is dropped
+        ">": None,
+        "  ": None,
+        None: None,
+    }
+    frame = spark.createDataFrame([(text,) for text in cases], "c string")
+    got = {r.c: r.path for r in frame.select("c", category_path("c").alias("path")).collect()}
+    assert got == cases
+
+
 def test_each_rule_quarantines_with_its_reason(spark, lake, tmp_path):
     land(spark, tmp_path, "day.csv", [
         "2019-10-01 10:00:00 UTC,view,1,2",
