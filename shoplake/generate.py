@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from shoplake.errors import ShoplakeError
+
 log = logging.getLogger(__name__)
 
 TAXONOMY = {
@@ -192,7 +194,7 @@ def _draw_sessions(
 def generate_shop(out: Path, *, events: int, days: int, items: int, seed: int = 46) -> GeneratedShop:
     """Write ``events`` behaviour rows over ``days`` days and a catalogue of ``items`` items under ``out``."""
     if events <= 0 or days <= 0 or items <= 0:
-        raise ValueError("events, days and items must be positive")
+        raise ShoplakeError(f"events, days and items must be positive (got {events}, {days}, {items})")
     rng = np.random.default_rng(seed)
     (out / "events").mkdir(parents=True, exist_ok=True)
     catalog = _catalog(items, rng)
@@ -254,6 +256,8 @@ def generate_shop(out: Path, *, events: int, days: int, items: int, seed: int = 
         files.append(path)
     catalog_file = out / "items.jsonl"
     _write_catalog(catalog, catalog_file, rng)
+    # what the files hold, not the pools drawn from (5 events had said "10 users")
+    n_sessions, n_users = len(np.unique(session)), len(np.unique(session_user[session]))
     log.info("generated %d events, %d sessions, %d users, %d items in %s", len(item), n_sessions, n_users, items, out)
     return GeneratedShop(files, catalog_file, len(item), items, n_users, n_sessions)
 

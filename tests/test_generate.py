@@ -8,8 +8,10 @@ from collections import Counter
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pytest
 
 from shoplake.catalog import EVENT_TYPES, RAW_EVENT_COLUMNS
+from shoplake.errors import ShoplakeError
 from shoplake.generate import generate_shop
 
 
@@ -29,6 +31,10 @@ def test_exact_size_schema_and_span(tmp_path):
         for p in shop.event_files
     )
     assert table.num_rows == shop.events == 20_000
+    assert (shop.users, shop.sessions) == (
+        len(set(table["user_id"].to_pylist())),
+        len(set(table["user_session"].to_pylist())),
+    )
     assert set(table["event_type"].to_pylist()) <= set(EVENT_TYPES)
     assert table["event_time"][0].as_py().endswith(" UTC")
     assert shop.event_files[0].name == "events-2019-10-01.csv"
@@ -61,3 +67,8 @@ def test_catalogue_has_titles_descriptions_and_attributes(tmp_path):
     assert all(
         r["title"] and r["description"] and r["category_code"] and isinstance(r["attributes"], dict) for r in records
     )
+
+
+def test_sizes_that_are_not_positive_are_refused_in_one_line(tmp_path):
+    with pytest.raises(ShoplakeError, match=r"must be positive \(got 0, 1, 10\)"):
+        generate_shop(tmp_path, events=0, days=1, items=10)
