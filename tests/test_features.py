@@ -107,29 +107,36 @@ def test_publish_serves_online_matches_offline_and_keeps_its_watermark(spark, la
         store.get_feature_service("recommender_v9")
 
 
-def test_publish_since_a_rerun_older_date_puts_its_own_entities_online_and_keeps_newer_rows(spark, lake):
+@pytest.mark.parametrize("environment", ["local", "production"])
+def test_publish_since_a_rerun_older_date_puts_its_own_entities_online_and_keeps_newer_rows(
+    spark, lake, monkeypatch, request, environment
+):
     """A late file for an older date, rerun as that date: a user whom only that date holds was never materialized
     (only the newest date is published again), and the consistency check failed the run."""
-    write_gold(spark, [user_row(7, 1, "loyal"), user_row(7, 2, "champions")], [item_row(10, 2, 5.0)])
-    feature_store.publish(spark)
-    rerun = spark.createDataFrame([user_row(7, 1, "browsers"), user_row(9, 1, "new")], USER_FEATURES.schema)
-    storage.write_table(rerun, USER_FEATURES, "overwrite_partitions", partitions=[{"as_of_date": dt.date(2019, 10, 1)}],
-                        run_id="t")  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        if environment == "production":  # Redis is written by redis_writer, SQLite by Feast's materialize
+            request.getfixturevalue("postgres"), request.getfixturevalue("redis")
+            stack.enter_context(production(monkeypatch, redis_db=5))
+        write_gold(spark, [user_row(7, 1, "loyal"), user_row(7, 2, "champions")], [item_row(10, 2, 5.0)])
+        feature_store.publish(spark)
+        rerun = spark.createDataFrame([user_row(7, 1, "browsers"), user_row(9, 1, "new")], USER_FEATURES.schema)
+        storage.write_table(rerun, USER_FEATURES, "overwrite_partitions", partitions=[{"as_of_date": dt.date(2019, 10, 1)}],
+                            run_id="t")  # fmt: skip
 
-    feature_store.publish(spark)
-    store = feature_store.get_store()
-    assert feature_store.online_features(store, ["user_profile:segment"], [{"user_id": 9}])["segment"] == [None]
-    with pytest.raises(feature_store.FeatureStoreError, match="user_id=9"):
+        feature_store.publish(spark)
+        store = feature_store.get_store()
+        assert feature_store.online_features(store, ["user_profile:segment"], [{"user_id": 9}])["segment"] == [None]
+        with pytest.raises(feature_store.FeatureStoreError, match="user_id=9"):
+            feature_store.check_consistency(spark, store)
+
+        done = feature_store.publish(spark, since=dt.date(2019, 10, 1))
+        second = dt.timedelta(seconds=1)
+        window = (end_of(1).replace(tzinfo=dt.UTC) - second, end_of(2).replace(tzinfo=dt.UTC) + second)
+        assert {(m.start, m.end) for m in done if m.view == "user_profile"} == {window}
+        store = feature_store.get_store()
+        online = feature_store.online_features(store, ["user_profile:segment"], [{"user_id": 9}, {"user_id": 7}])
+        assert online["segment"] == ["new", "champions"]  # user 7's newer row still wins
         feature_store.check_consistency(spark, store)
-
-    done = feature_store.publish(spark, since=dt.date(2019, 10, 1))
-    second = dt.timedelta(seconds=1)
-    window = (end_of(1).replace(tzinfo=dt.UTC) - second, end_of(2).replace(tzinfo=dt.UTC) + second)
-    assert {(m.start, m.end) for m in done if m.view == "user_profile"} == {window}
-    store = feature_store.get_store()
-    online = feature_store.online_features(store, ["user_profile:segment"], [{"user_id": 9}, {"user_id": 7}])
-    assert online["segment"] == ["new", "champions"]  # user 7's newer row still wins
-    feature_store.check_consistency(spark, store)
 
 
 def test_feast_reads_a_tables_delta_snapshot_not_the_files_it_replaced(spark, lake):
