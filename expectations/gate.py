@@ -109,7 +109,8 @@ def publish(
     run_date: dt.date | None,
 ) -> None:
     rows = [(name, version, run_id, run_date, published_at) for name, version in versions.items()]
-    storage.merge_table(spark.createDataFrame(rows, PUBLISHED_VERSIONS.schema), PUBLISHED_VERSIONS, run_id=run_id)
+    frame = spark.createDataFrame(rows, PUBLISHED_VERSIONS.schema)
+    storage.retry_conflicts(lambda: storage.merge_table(frame, PUBLISHED_VERSIONS, run_id=run_id))
 
 
 def published_version(spark: SparkSession, table: str | TableSpec) -> int | None:

@@ -38,4 +38,5 @@ def record_metrics(
         )
         for name, value in metrics.items()
     ]
-    storage.merge_table(spark.createDataFrame(rows, RUN_METRICS.schema), RUN_METRICS)
+    frame = spark.createDataFrame(rows, RUN_METRICS.schema)
+    storage.retry_conflicts(lambda: storage.merge_table(frame, RUN_METRICS))  # runs at the same time all record

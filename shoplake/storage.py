@@ -21,9 +21,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WriteMode = Literal["append", "overwrite", "overwrite_partitions", "merge"]
+Written = TypeVar("Written")
 WRITE_MODES: tuple[str, ...] = ("append", "overwrite", "overwrite_partitions", "merge")
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 MAX_STAT_STRING = 32  # longer strings get no min/max: a truncated max would be wrong for data skipping
@@ -659,6 +660,49 @@ def files_still_current(table: str | TableSpec, version: int) -> bool:
     if latest is None or old is None:
         raise TableNotFoundError(f"table {spec.name} has not been written yet")
     return set(old.file_uris()) <= set(latest.file_uris())
+
+
+def retry_conflicts(write: Callable[[], Written], attempts: int = 5) -> Written:
+    """Run ``write`` again, from a fresh snapshot, while another writer commits first (``WriteConflictError``):
+    for the bookkeeping writes that runs at the same time all make, whose conflict is only their timing."""
+    for attempt in range(attempts - 1):
+        try:
+            return write()
+        except WriteConflictError as error:
+            log.info("%s; writing again (attempt %d of %d)", error, attempt + 2, attempts)
+            time.sleep(0.2 * 2**attempt)
+    return write()
+
+
+def commit_versions(table: str | TableSpec, run_ids: Iterable[str], recent: int = 100) -> dict[str, int]:
+    """The version each run's first commit made, among the table's ``recent`` commits (a run not among them is
+    left out): which of two runs writing at once committed first."""
+    settings = get_settings()
+    spec = get_table(table)
+    delta = _open(settings.table_uri(spec.name), settings)
+    wanted, found = set(run_ids), {}
+    for commit in delta.history(recent) if delta is not None else []:  # newest first: the earliest commit wins
+        if commit.get("shoplake.run_id") in wanted:
+            found[commit["shoplake.run_id"]] = commit["version"]
+    return found
+
+
+def delete_rows(table: str | TableSpec, predicate: str, run_id: str) -> int:
+    """Delete the rows matching a SQL ``predicate`` in one commit; the number deleted."""
+    settings = get_settings()
+    spec = get_table(table)
+    delta = _open(settings.table_uri(spec.name), settings)
+    if delta is None:
+        raise TableNotFoundError(f"table {spec.name} has not been written yet")
+    metadata = {"shoplake.mode": "delete", "shoplake.run_id": run_id}
+    try:
+        result = delta.delete(predicate, commit_properties=CommitProperties(custom_metadata=metadata))
+    except CommitFailedError as error:
+        raise WriteConflictError(
+            f"table {spec.name}: another writer committed first; retry the delete ({error})"
+        ) from error
+    log.info("table %s: deleted %s", spec.name, result)
+    return int(result.get("num_deleted_rows", 0))
 
 
 def committed_at(table: str | TableSpec, version: int) -> dt.datetime:

@@ -293,15 +293,52 @@ def land_event_files(
         splits = split_offsets(lines, new)
         landed_rows = build_bronze(lines, splits, new, run_id, ingested_at, tolerance)
         result = storage.write_table(landed_rows, BRONZE_EVENTS, "append", run_id=run_id, clustered=splits.one_day_each)
+    rows, version = result.rows, result.version
+    raced, withdrawn_rows = withdraw_raced_files(spark, new, run_id)
+    if raced:
+        rows, version = rows - withdrawn_rows, storage.table_version(BRONZE_EVENTS) or version
+        skipped += tuple(f.path for f in new if f.checksum in raced)
+        new = [f for f in new if f.checksum not in raced]
     record_metrics(
         spark, run_id, "bronze",
-        {"files_landed": len(new), "files_already_landed": len(skipped), "rows_landed": result.rows},
+        {"files_landed": len(new), "files_already_landed": len(skipped), "rows_landed": rows},
         recorded_at=ingested_at,
     )  # fmt: skip
     return LandingResult(
-        run_id, checksums, tuple(f.path for f in new), skipped, result.rows, result.version,
-        tuple(f.checksum for f in new),
-    )  # fmt: skip
+        run_id, checksums, tuple(f.path for f in new), skipped, rows, version, tuple(f.checksum for f in new)
+    )
+
+
+def withdraw_raced_files(spark: SparkSession, files: Sequence[EventFile], run_id: str) -> tuple[set[str], int]:
+    """Checksums of this run's files that another run landed at the same time and committed first, and the rows
+    taken back out.
+
+    Two runs that land one file at once both find it new, and appends never conflict, so both commit it. After its
+    commit each run looks for its files under other runs' ids; where the other committed first, this run deletes
+    its own rows of that file (one commit) and the file counts as already landed. The first commit keeps it."""
+    # Spark, as already_landed: deltalake's Arrow dataset ruled out every file when filtering on a column whose
+    # strings are too long for min/max statistics (its bound is null), such as file_checksum
+    bronze = storage.read_table(spark, BRONZE_EVENTS)
+    pairs = [
+        (row.file_checksum, row.ingest_run_id)
+        for row in bronze.filter(F.col("file_checksum").isin([f.checksum for f in files]) & (F.col("ingest_run_id") != run_id))
+        .select("file_checksum", "ingest_run_id").distinct().collect()
+    ]  # fmt: skip
+    if not pairs:
+        return set(), 0
+    versions = storage.commit_versions(BRONZE_EVENTS, {run_id, *(run for _, run in pairs)})
+    mine = versions.get(run_id, -1)
+    raced = {checksum for checksum, run in pairs if versions.get(run, -1) < mine}
+    if not raced:
+        return set(), 0
+    listed = ", ".join(f"'{c}'" for c in sorted(raced))
+    predicate = f"ingest_run_id = '{run_id.replace(chr(39), chr(39) * 2)}' AND file_checksum IN ({listed})"
+    deleted = storage.retry_conflicts(lambda: storage.delete_rows(BRONZE_EVENTS, predicate, run_id))
+    for f in files:
+        if f.checksum in raced:
+            log.warning("%s: landed at the same time by another run, which committed first; this run's rows of it "
+                        "were taken back out", f.path)  # fmt: skip
+    return raced, deleted
 
 
 @contextlib.contextmanager

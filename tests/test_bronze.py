@@ -62,6 +62,48 @@ def test_landing_the_same_file_again_is_a_no_op(spark, lake, tmp_path):
     assert storage.table_version("bronze_events") == first.version
 
 
+def test_two_runs_landing_one_file_at_once_keep_it_once(spark, lake, tmp_path, monkeypatch):
+    """Both find the file new and appends never conflict, so both committed it (bronze held it twice, and the
+    second run then failed on run_metrics). The run that committed second takes its rows back out."""
+    first = tmp_path / "first.csv"
+    first.write_text(f"{HEADER}\n{ROW}\n")
+    land(spark, first, run_id="run-0")
+    real_move = storage._move_into_table
+    raced = []
+
+    def move_after_a_competitor_commits(*args, **kwargs):
+        if not raced:  # run-1 checks after run-2 did, and commits while run-2 is between staging and commit
+            raced.append(True)
+            land(spark, SAMPLE_EVENTS, run_id="run-1")
+        return real_move(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "_move_into_table", move_after_a_competitor_commits)
+    late = land(spark, SAMPLE_EVENTS, run_id="run-2")
+    assert (late.files_landed, late.files_already_landed, late.rows_landed) == ((), (str(SAMPLE_EVENTS),), 0)
+    runs = storage.read_table(spark, "bronze_events").groupBy("ingest_run_id").count().collect()
+    assert {r.ingest_run_id: r["count"] for r in runs} == {"run-0": 1, "run-1": 17_435}
+
+
+def test_a_bookkeeping_write_is_tried_again_while_another_writer_commits_first():
+    from shoplake.errors import WriteConflictError
+
+    tries = []
+
+    def conflicted_twice():
+        tries.append(1)
+        if len(tries) < 3:
+            raise WriteConflictError("table run_metrics: another writer committed first")
+        return "written"
+
+    assert storage.retry_conflicts(conflicted_twice) == "written" and len(tries) == 3
+
+    def always_conflicted():
+        raise WriteConflictError("table run_metrics: another writer committed first")
+
+    with pytest.raises(WriteConflictError):
+        storage.retry_conflicts(always_conflicted, attempts=2)
+
+
 def test_small_files_that_share_a_split_are_numbered_each_from_its_own_header(spark, lake, tmp_path):
     folder = tmp_path / "odd #1 100%+ü"  # Spark names files by URI: the name must map back to the path given
     folder.mkdir()
