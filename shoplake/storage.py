@@ -50,7 +50,7 @@ WriteMode = Literal["append", "overwrite", "overwrite_partitions", "merge"]
 Written = TypeVar("Written")
 WRITE_MODES: tuple[str, ...] = ("append", "overwrite", "overwrite_partitions", "merge")
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
-MAX_STAT_STRING = 32  # longer strings get no min/max: a truncated max would be wrong for data skipping
+MAX_STAT_STRING = 32  # longer strings get truncated bounds (_stat_value)
 
 
 @dataclass(frozen=True)
@@ -333,7 +333,8 @@ def _partition_values(relative_path: str) -> dict[str, str | None]:
     return values
 
 
-def _stat_value(value: Any) -> Any:
+def _stat_value(value: Any, upper: bool = False) -> Any:
+    """A footer's min (or, ``upper``, max) as Delta statistics write it; None where no bound can be given."""
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
@@ -343,7 +344,9 @@ def _stat_value(value: Any) -> Any:
     if isinstance(value, float) and value != value:  # NaN makes min/max meaningless
         return None
     if isinstance(value, str) and len(value) > MAX_STAT_STRING:
-        return None
+        # truncated as Delta's Spark writer does: the prefix bounds every longer string that begins with it from
+        # below, and the prefix followed by the last code point from above
+        return value[:MAX_STAT_STRING] + ("\U0010ffff" if upper else "")
     if isinstance(value, bytes | bool):
         return None
     return value
@@ -370,7 +373,7 @@ def _stats_json(metadata: pq.FileMetaData) -> str:
                 complete = False
             if statistics.has_min_max:
                 lows.append(_stat_value(statistics.min))
-                highs.append(_stat_value(statistics.max))
+                highs.append(_stat_value(statistics.max, upper=True))
             elif statistics.num_values > 0:
                 lows.append(None)
         if not complete:

@@ -316,8 +316,8 @@ def withdraw_raced_files(spark: SparkSession, files: Sequence[EventFile], run_id
     Two runs that land one file at once both find it new, and appends never conflict, so both commit it. After its
     commit each run looks for its files under other runs' ids; where the other committed first, this run deletes
     its own rows of that file (one commit) and the file counts as already landed. The first commit keeps it."""
-    # Spark, as already_landed: deltalake's Arrow dataset ruled out every file when filtering on a column whose
-    # strings are too long for min/max statistics (its bound is null), such as file_checksum
+    # read by Spark, as already_landed reads: deltalake's Arrow dataset finds nothing by file_checksum in files
+    # written before long strings had bounds in their statistics
     bronze = storage.read_table(spark, BRONZE_EVENTS)
     pairs = [
         (row.file_checksum, row.ingest_run_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +53,23 @@ def test_delta_rs_reads_the_files_with_their_statistics(spark, lake):
     assert table.to_pyarrow_table(filters=[("user_id", "=", 5)])["item_id"].to_pylist() == [11]
     assert table.to_pyarrow_table(filters=[("as_of_date", "=", D2)])["user_id"].to_pylist() == [9]
     assert table.to_pyarrow_table().num_rows == 3
+
+
+def test_long_strings_get_truncated_bounds_that_filters_can_trust(spark, lake):
+    """A string longer than the statistics keep (a checksum, a session uuid, an Airflow run id) has a prefix as its
+    minimum and the prefix and the last code point as its maximum, as Delta's Spark writer does. Without bounds,
+    deltalake's Arrow dataset ruled out every file of any filter on that column (its guarantee compared to null)."""
+    long_ids = ["airflow-manual__2026-12-05T05-05-32.331970-00-00", "airflow-manual__2026-12-05T05-05-32.331970-00-01"]
+    rows = [(run, "bronze", "rows", 1.0, None, D1, dt.datetime(2026, 1, 1)) for run in [*long_ids, "short"]]
+    storage.write_table(spark.createDataFrame(rows, RUN_METRICS.schema), RUN_METRICS)
+    table = DeltaTable(storage.table_uri("run_metrics"))
+    for run in [*long_ids, "short"]:
+        assert table.to_pyarrow_table(filters=[("run_id", "=", run)])["run_id"].to_pylist() == [run]
+    log = (lake / "lake" / "run_metrics" / "_delta_log" / "00000000000000000000.json").read_text().splitlines()
+    stats = [json.loads(json.loads(line)["add"]["stats"]) for line in log if '"add"' in line]
+    prefix = long_ids[0][: storage.MAX_STAT_STRING]  # the two long ids share it
+    bounds = {(s["minValues"]["run_id"], s["maxValues"]["run_id"]) for s in stats}
+    assert bounds and bounds <= {(prefix, prefix + "\U0010ffff"), ("short", "short"), (prefix, "short")}
 
 
 def test_append_adds_rows_in_a_new_version(spark, lake):
