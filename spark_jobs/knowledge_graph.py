@@ -364,6 +364,7 @@ def run_knowledge_graph(
         raise TableNotFoundError("items is empty: run `shoplake gold` (or land a catalogue) first")
     if storage.table_version(ITEM_EMBEDDINGS) is None:
         raise TableNotFoundError("item_embeddings is empty: run `shoplake embed` first")
+    check_history_window(as_of_date, settings.history_days)
     items = storage.read_table(spark, ITEMS)
     embeddings = storage.read_table(spark, ITEM_EMBEDDINGS).filter(F.col("model") == spec.name)
 
@@ -441,6 +442,18 @@ def run_knowledge_graph(
     result = GraphResult(node_counts, edge_counts, same_category, versions)
     log.info("knowledge graph: %s", result)
     return result
+
+
+def check_history_window(as_of_date: dt.date, history_days: int) -> None:
+    """Refuse a date whose history window holds none of silver's events: the graph is one current table, and a
+    mistyped date (2030 for 2019) replaced its behaviour edges with none. A shop without events yet is fine."""
+    from spark_jobs.silver import event_dates
+
+    dates = event_dates()
+    first = as_of_date - dt.timedelta(days=history_days - 1)
+    if dates and not any(first <= d <= as_of_date for d in dates):
+        raise ShoplakeError(f"knowledge graph as of {as_of_date}: silver has no events in the {history_days} days up "
+                            f"to it (it holds {dates[0]}..{dates[-1]}); the graph keeps its behaviour edges")  # fmt: skip
 
 
 def _history(spark: SparkSession, as_of_date: dt.date, created_at: dt.datetime, settings: Settings) -> DataFrame:
