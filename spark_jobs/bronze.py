@@ -318,17 +318,13 @@ def withdraw_raced_files(spark: SparkSession, files: Sequence[EventFile], run_id
     its own rows of that file (one commit) and the file counts as already landed. The first commit keeps it."""
     # read by Spark, as already_landed reads: deltalake's Arrow dataset finds nothing by file_checksum in files
     # written before long strings had bounds in their statistics
-    bronze = storage.read_table(spark, BRONZE_EVENTS)
-    pairs = [
-        (row.file_checksum, row.ingest_run_id)
-        for row in bronze.filter(F.col("file_checksum").isin([f.checksum for f in files]) & (F.col("ingest_run_id") != run_id))
-        .select("file_checksum", "ingest_run_id").distinct().collect()
-    ]  # fmt: skip
+    by_others = F.col("file_checksum").isin([f.checksum for f in files]) & (F.col("ingest_run_id") != run_id)
+    landers = storage.read_table(spark, BRONZE_EVENTS).filter(by_others).select("file_checksum", "ingest_run_id")
+    pairs = [(row.file_checksum, row.ingest_run_id) for row in landers.distinct().collect()]
     if not pairs:
         return set(), 0
     versions = storage.commit_versions(BRONZE_EVENTS, {run_id, *(run for _, run in pairs)})
-    mine = versions.get(run_id, -1)
-    raced = {checksum for checksum, run in pairs if versions.get(run, -1) < mine}
+    raced = {checksum for checksum, run in pairs if versions.get(run, -1) < versions.get(run_id, -1)}
     if not raced:
         return set(), 0
     listed = ", ".join(f"'{c}'" for c in sorted(raced))
