@@ -677,16 +677,20 @@ def retry_conflicts(write: Callable[[], Written], attempts: int = 5) -> Written:
     return write()
 
 
-def commit_versions(table: str | TableSpec, run_ids: Iterable[str], recent: int = 100) -> dict[str, int]:
-    """The version each run's first commit made, among the table's ``recent`` commits (a run not among them is
-    left out): which of two runs writing at once committed first."""
+def runs_committed_since(table: str | TableSpec, version: int | None) -> dict[str, int]:
+    """The runs that committed to ``table`` after ``version`` (None: since its creation), each with the version of
+    its first such commit: which of two runs writing at once committed first. Writes without a run id are left
+    out."""
     settings = get_settings()
     spec = get_table(table)
     delta = _open(settings.table_uri(spec.name), settings)
-    wanted, found = set(run_ids), {}
-    for commit in delta.history(recent) if delta is not None else []:  # newest first: the earliest commit wins
-        if commit.get("shoplake.run_id") in wanted:
-            found[commit["shoplake.run_id"]] = commit["version"]
+    if delta is None:
+        return {}
+    after = -1 if version is None else version  # versions start at 0
+    found: dict[str, int] = {}
+    for commit in delta.history(delta.version() - after):  # newest first
+        if commit["version"] > after and commit.get("shoplake.run_id"):  # "": a write without a run id
+            found[commit["shoplake.run_id"]] = commit["version"]  # a run's earlier commit replaces its later one
     return found
 
 

@@ -280,6 +280,7 @@ def land_event_files(
         files = list(checks.map(inspect_event_file, paths))
     unique = list({f.checksum: f for f in files}.values())
     checksums = tuple(f.checksum for f in unique)
+    checked_at = storage.table_version(BRONZE_EVENTS)  # a run committing after this may land the same files
     landed = already_landed(spark, [f.checksum for f in unique])
     new = [f for f in unique if f.checksum not in landed]
     skipped = tuple(f.path for f in files if f not in new)
@@ -294,7 +295,7 @@ def land_event_files(
         landed_rows = build_bronze(lines, splits, new, run_id, ingested_at, tolerance)
         result = storage.write_table(landed_rows, BRONZE_EVENTS, "append", run_id=run_id, clustered=splits.one_day_each)
     rows, version = result.rows, result.version
-    raced, withdrawn_rows = withdraw_raced_files(spark, new, run_id)
+    raced, withdrawn_rows = withdraw_raced_files(spark, new, run_id, checked_at)
     if raced:
         rows, version = rows - withdrawn_rows, storage.table_version(BRONZE_EVENTS) or version
         skipped += tuple(f.path for f in new if f.checksum in raced)
@@ -309,22 +310,26 @@ def land_event_files(
     )
 
 
-def withdraw_raced_files(spark: SparkSession, files: Sequence[EventFile], run_id: str) -> tuple[set[str], int]:
+def withdraw_raced_files(
+    spark: SparkSession, files: Sequence[EventFile], run_id: str, checked_at: int | None
+) -> tuple[set[str], int]:
     """Checksums of this run's files that another run landed at the same time and committed first, and the rows
     taken back out.
 
     Two runs that land one file at once both find it new, and appends never conflict, so both commit it. After its
-    commit each run looks for its files under other runs' ids; where the other committed first, this run deletes
-    its own rows of that file (one commit) and the file counts as already landed. The first commit keeps it."""
+    commit each run reads the log since its check (``checked_at``, the version ``already_landed`` saw at least);
+    where other runs committed in between, it looks for its files among their rows and deletes its own rows of
+    those files (one commit), and the files count as already landed. The first commit keeps them."""
+    committed = storage.runs_committed_since(BRONZE_EVENTS, checked_at)
+    mine = committed.get(run_id)  # None: nothing committed (no rows), or Spark's Delta connector kept no run id
+    earlier = sorted(run for run, version in committed.items() if mine is not None and version < mine)
+    if not earlier:  # the usual case: nobody committed between this run's check and its commit
+        return set(), 0
     # read by Spark, as already_landed reads: deltalake's Arrow dataset finds nothing by file_checksum in files
     # written before long strings had bounds in their statistics
-    by_others = F.col("file_checksum").isin([f.checksum for f in files]) & (F.col("ingest_run_id") != run_id)
-    landers = storage.read_table(spark, BRONZE_EVENTS).filter(by_others).select("file_checksum", "ingest_run_id")
-    pairs = [(row.file_checksum, row.ingest_run_id) for row in landers.distinct().collect()]
-    if not pairs:
-        return set(), 0
-    versions = storage.commit_versions(BRONZE_EVENTS, {run_id, *(run for _, run in pairs)})
-    raced = {checksum for checksum, run in pairs if versions.get(run, -1) < versions.get(run_id, -1)}
+    theirs = F.col("file_checksum").isin([f.checksum for f in files]) & F.col("ingest_run_id").isin(earlier)
+    found = storage.read_table(spark, BRONZE_EVENTS).filter(theirs).select("file_checksum").distinct().collect()
+    raced = {row.file_checksum for row in found}
     if not raced:
         return set(), 0
     listed = ", ".join(f"'{c}'" for c in sorted(raced))

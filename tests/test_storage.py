@@ -207,12 +207,17 @@ def test_racing_appends_both_land(spark, lake, monkeypatch):
     def move_after_a_competitor_commits(*args, **kwargs):
         if not raced:
             raced.append(True)
-            storage.write_table(interactions(spark, [(D1, 2, 20, 1, 1.0)]), "interactions", "append")
+            storage.write_table(interactions(spark, [(D1, 2, 20, 1, 1.0)]), "interactions", "append", run_id="b")
         return real_move(*args, **kwargs)
 
     monkeypatch.setattr(storage, "_move_into_table", move_after_a_competitor_commits)
-    storage.write_table(interactions(spark, [(D1, 3, 30, 1, 1.0)]), "interactions", "append")
-    assert sorted(r.user_id for r in read(spark).collect()) == [1, 2, 3]
+    storage.write_table(interactions(spark, [(D1, 3, 30, 1, 1.0)]), "interactions", "append", run_id="a")
+    storage.write_table(interactions(spark, [(D1, 4, 40, 1, 1.0)]), "interactions", "append", run_id="b")
+    assert sorted(r.user_id for r in read(spark).collect()) == [1, 2, 3, 4]
+    # the log says who committed first after a version, by each run's first commit since then
+    assert storage.runs_committed_since("interactions", 0) == {"b": 1, "a": 2}
+    assert storage.runs_committed_since("interactions", 2) == {"b": 3}
+    assert storage.runs_committed_since("interactions", None) == {"b": 1, "a": 2}  # version 0 had no run id
 
 
 @pytest.mark.parametrize(
