@@ -98,14 +98,16 @@ def gold_hint(first: dt.date, last: dt.date) -> str:
 
 
 def check_training_set(
-    spark: SparkSession, joined: Any, feature_columns: list[str], max_null_rate: float, name: str, hint: str = ""
+    spark: SparkSession, joined: Any, null_rates: dict[str, float], max_null_rate: float, name: str, hint: str = ""
 ) -> None:
-    """The training-set gate (GX on a Spark DataFrame of the rows); a failure names the columns, writes nothing."""
+    """The training-set gate (GX on a Spark DataFrame of the rows) on the feature columns named in ``null_rates``;
+    a failure names the columns, writes nothing."""
     import pandas as pd
 
     from expectations.runner import run_suite
     from expectations.training_sets import build_suite
 
+    feature_columns = list(null_rates)
     # Only presence matters to the suite, so features travel as text: a column null in every row has no type
     # Spark could infer.
     present = pd.DataFrame({c: joined[c].map(lambda v: None if v is None or v is pd.NA or v != v else str(v))
@@ -117,8 +119,8 @@ def check_training_set(
     outcome = run_suite(frame, build_suite(feature_columns, max_null_rate), cache=True)
     if not outcome.passed:
         failed = outcome.failures("critical")
-        sparse = [f"{o.column} {present[o.column].isna().mean():.0%}" for o in failed if o.column in feature_columns]
-        failures = [o.describe() for o in failed if o.column not in feature_columns]
+        sparse = [f"{o.column} {null_rates[o.column]:.0%}" for o in failed if o.column in null_rates]
+        failures = [o.describe() for o in failed if o.column not in null_rates]
         if sparse:  # one line for them all: 20 sampled nulls per column said nothing more
             failures.append(f"{len(sparse)} feature columns are null in more than {max_null_rate:.0%} of the rows: "
                             + ", ".join(sparse))  # fmt: skip
@@ -149,9 +151,12 @@ def build_training_set(
     if len(joined) != len(labelled):  # the contract: one training row per labelled view, never fewer
         raise ShoplakeError(f"training set: {len(labelled)} labelled views but {len(joined)} rows with features")
     feature_columns = [f.replace(":", "__") for f in TRAINING_FEATURES]
-    null_rates = {c: float(joined[c].isna().mean()) for c in feature_columns if c in joined}
+    missing = [c for c in feature_columns if c not in joined]
+    if missing:  # the gate checks the columns it is given: one the store left out must not pass unseen
+        raise ShoplakeError(f"training set: the feature store returned no column {', '.join(missing)}")
+    null_rates = {c: float(joined[c].isna().mean()) for c in feature_columns}
     hint = gold_hint(first, last)
-    check_training_set(spark, joined, feature_columns, settings.quality_max_training_null_rate, name, hint)
+    check_training_set(spark, joined, null_rates, settings.quality_max_training_null_rate, name, hint)
     if hint:
         log.warning("training set %s: %s", name, hint)
     out = settings.home / "exports" / "training_sets" / f"{name}.parquet"
