@@ -6,13 +6,14 @@
 CREATE OR REPLACE TEMP TABLE raw AS SELECT * FROM read_csv(${files}, header = true, all_varchar = true, ignore_errors = true);
 
 -- step: typing and rules
--- The rows silver keeps: none of its quarantine rules broken. A view keeps no non-positive price.
+-- The rows silver keeps: none of its quarantine rules broken. A view keeps no price that is not positive and finite.
 CREATE OR REPLACE TEMP TABLE typed AS
 SELECT * FROM (
   SELECT try_strptime(trim(event_time), '%Y-%m-%d %H:%M:%S UTC') AS event_time, ${event_type} AS event_type,
          try_cast(trim(product_id) AS BIGINT) AS product_id, try_cast(nullif(trim(category_id), '') AS BIGINT) AS category_id,
          lower(nullif(trim(category_code), '')) AS category_code, lower(nullif(trim(brand), '')) AS brand,
-         try_cast(price AS DOUBLE) AS raw_price, try_cast(trim(user_id) AS BIGINT) AS user_id,
+         CASE WHEN isfinite(try_cast(price AS DOUBLE)) THEN try_cast(price AS DOUBLE) END AS raw_price,
+         try_cast(trim(user_id) AS BIGINT) AS user_id,
          nullif(trim(user_session), '') AS user_session
   FROM raw)
 WHERE event_time IS NOT NULL AND event_time <= TIMESTAMP '${latest}' AND user_id IS NOT NULL

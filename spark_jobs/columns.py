@@ -37,6 +37,13 @@ def blank_to_null(column: str | Column) -> Column:
     return F.when(trimmed == "", None).otherwise(trimmed)
 
 
+def finite_number(column: str | Column) -> Column:
+    """The text as a double, or null where it is no finite number. Spark reads "NaN", "Infinity" and "1e400" as
+    doubles, and NaN compares above every number: a purchase at "NaN" passed as priced and made spend NaN."""
+    value = (F.col(column) if isinstance(column, str) else column).try_cast("double")
+    return F.when(~F.isnan(value) & (F.abs(value) != F.lit(float("inf"))), value)
+
+
 def category_path(column: str | Column) -> Column:
     """A category path in the lower-case dotted form that the taxonomy, the category levels and the item texts
     split: REES46 writes ``electronics.audio.headphone``; catalogue feeds and Google's product taxonomy write

@@ -1,8 +1,8 @@
 """Items: land an item catalogue (CSV with a header, or JSON lines) into the ``items`` table.
 
-The catalogue is curated data, so a bad row (an id that is not an integer, an id given twice, a price that is no
-number) stops the landing with an error that names the file and shows the offending rows, rather than being
-skipped. Landing upserts on ``item_id``: a newer catalogue replaces older rows for the same items and keeps the
+The catalogue is curated data, so a bad row (an id that is not an integer, an id given twice, a price that is
+negative or no finite number) stops the landing with an error that names the file and shows the offending rows,
+rather than being skipped. Landing upserts on ``item_id``: a newer catalogue replaces older rows for the same items and keeps the
 rest. Items the catalogue does not list come from the events (latest category, brand, price); what a catalogue row
 leaves out of those, the events fill in.
 """
@@ -21,7 +21,7 @@ from shoplake import storage
 from shoplake.catalog import ITEMS
 from shoplake.errors import InputError
 from spark_jobs.bronze import file_format, unreadable_file_as_input_error
-from spark_jobs.columns import blank_to_null, category_path
+from spark_jobs.columns import blank_to_null, category_path, finite_number
 
 CATALOG_COLUMNS = ("item_id", "title", "description", "category_code", "brand", "price", "attributes")
 EVENT_FIELDS = ("category_id", "category_code", "brand", "price")  # what events tell of an item
@@ -57,7 +57,7 @@ def transform_catalog(raw: DataFrame, updated_at: dt.datetime) -> DataFrame:
         F.lit(None).cast("long").alias("category_id"),
         category_path("category_code").alias("category_code"),
         F.lower(blank_to_null("brand")).alias("brand"),
-        F.col("price").try_cast("double").alias("price"),  # not a number: refused by check_catalog, or missing
+        finite_number("price").alias("price"),  # no finite number: refused by check_catalog, or missing
         blank_to_null("attributes").alias("attributes"),
         F.lit("catalog").alias("source"),
         F.lit(updated_at).cast("timestamp").alias("updated_at"),
@@ -68,11 +68,10 @@ def check_catalog(raw: DataFrame, items: DataFrame, path: str) -> None:
     bad_ids = raw.filter(F.col("item_id").isNull() | F.col("item_id").try_cast("long").isNull())
     _refuse_rows(bad_ids, "item_id", path, "an item_id that is not an integer")
     price = F.lower(blank_to_null("price"))  # "12,50" or "€5" would otherwise land as no price at all
-    bad_prices = raw.filter(
-        price.isNotNull() & ~price.isin(*MISSING_MARKERS) & F.col("price").try_cast("double").isNull()
-    )
+    bad_prices = raw.filter(price.isNotNull() & ~price.isin(*MISSING_MARKERS) & finite_number("price").isNull())
     missing = f" (a missing price is empty or one of {', '.join(MISSING_MARKERS)})"
-    _refuse_rows(bad_prices, "price", path, "a price that is not a number", missing)
+    _refuse_rows(bad_prices, "price", path, "a price that is not a finite number", missing)
+    _refuse_rows(raw.filter(finite_number("price") < 0), "price", path, "a negative price")
     repeated = items.groupBy("item_id").count().filter(F.col("count") > 1)
     examples = [r.item_id for r in repeated.limit(MAX_EXAMPLES).collect()]
     if examples:

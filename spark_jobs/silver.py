@@ -33,7 +33,7 @@ from shoplake.catalog import BRONZE_EVENTS, QUARANTINE_EVENTS, RAW_EVENT_COLUMNS
 from shoplake.errors import ShoplakeError
 from shoplake.run_metrics import record_metrics
 from shoplake.settings import Settings, get_settings
-from spark_jobs.columns import EVENT_TYPE_SYNONYMS, blank_to_null, category_path, parse_event_time
+from spark_jobs.columns import EVENT_TYPE_SYNONYMS, blank_to_null, category_path, finite_number, parse_event_time
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ REASONS = (
     "missing_product_id", "invalid_product_id", "unknown_event_type", "non_positive_price",
 )  # fmt: skip
 OUTCOMES = ("kept", "exact_duplicate", "collapsed", "quarantined")
-PRICED_TYPES = ("cart", "purchase")  # a cart or purchase without a positive price is quarantined
+PRICED_TYPES = ("cart", "purchase")  # a cart or purchase without a positive, finite price is quarantined
 CONTENT_COLUMNS = ("user_session", "price", "category_id", "category_code", "brand")  # beyond time, user, item, type
 FILE_FIELDS = ("source_file", "file_checksum", "ingest_run_id")  # one value per landed file: carried as a key
 # what quarantine keeps besides the line number and the reason
@@ -95,7 +95,7 @@ def transform_type(bronze: DataFrame, rules: SilverRules) -> DataFrame:
         F.try_element_at(synonyms, F.lower(F.trim(F.col("event_type")))).alias("t_event_type"),
         blank_to_null(F.col("user_id")).alias("_user"),
         blank_to_null(F.col("product_id")).alias("_product"),
-        F.col("price").try_cast("double").alias("_price"),
+        finite_number("price").alias("_price"),
     )
     event_time, event_type, price = F.col("t_event_time"), F.col("t_event_type"), F.col("_price")
     user, product = F.col("_user"), F.col("_product")

@@ -66,7 +66,12 @@ def test_a_csv_catalogue_with_quoted_commas_and_newlines(spark, lake, tmp_path):
     [([{"item_id": "abc"}], "1 catalogue rows have an item_id that is not an integer, e.g. \\['abc'\\]"),
      ([{"item_id": 1}, {"item_id": 1}], "item_id given more than once, e.g. \\[1\\]"),
      ([{"item_id": 2, "price": "12,50"}, {"item_id": 3, "price": "N/A"}],
-      "1 catalogue rows have a price that is not a number, e.g. \\['12,50'\\]")],
+      "1 catalogue rows have a price that is not a finite number, e.g. \\['12,50'\\]"),
+     # Spark reads these as doubles; NaN compares above every number, and landed as the item's price
+     ([{"item_id": 4, "price": "NaN"}, {"item_id": 5, "price": "Infinity"}],
+      "2 catalogue rows have a price that is not a finite number, e.g. \\['NaN', 'Infinity'\\]"),
+     ([{"item_id": 6, "price": -5}, {"item_id": 7, "price": 0}],
+      "1 catalogue rows have a negative price, e.g. \\['-5'\\]")],
 )  # fmt: skip
 def test_a_bad_catalogue_is_refused_whole(spark, lake, tmp_path, records, message):
     path = write_catalog(tmp_path / "items.jsonl", [{"item_id": 9, "title": "fine"}, *records])

@@ -155,6 +155,11 @@ def test_each_rule_quarantines_with_its_reason(spark, lake, tmp_path):
         event("2019-10-01 10:00:00", kind="view", price="0", product="500"),  # a view keeps, without a price
         event("2019-10-01 10:00:00", kind=" AddToCart ", product="600"),  # synonyms are normalised
         event("2019-10-01 10:00:00", kind="TRANSACTION", product="700"),
+        # Spark reads these as doubles, and NaN compares above every number: they passed as prices, spend went NaN
+        event("2019-10-01 10:00:00", kind="purchase", price="NaN"),
+        event("2019-10-01 10:00:00", kind="cart", price="Infinity"),
+        event("2019-10-01 10:00:00", kind="purchase", price="1e400"),
+        event("2019-10-01 10:00:00", kind="view", price="nan", product="800"),
     ])  # fmt: skip
     result = run(spark)
     reasons = {r.line_number: (r.reason, r.detail) for r in storage.read_table(spark, "quarantine_events").collect()}
@@ -169,10 +174,13 @@ def test_each_rule_quarantines_with_its_reason(spark, lake, tmp_path):
         9: ("unknown_event_type", "event_type click"),
         10: ("non_positive_price", "cart with price 0"),
         11: ("non_positive_price", "purchase with price -3.5"),
+        15: ("non_positive_price", "purchase with price NaN"),
+        16: ("non_positive_price", "cart with price Infinity"),
+        17: ("non_positive_price", "purchase with price 1e400"),
     }
     kept = {r.product_id: (r.event_type, r.price) for r in silver_rows(spark)}
-    assert kept == {500: ("view", None), 600: ("cart", 10.0), 700: ("purchase", 10.0)}
-    assert result.bronze_rows == 13 and result.counts["quarantined"] == 10
+    assert kept == {500: ("view", None), 600: ("cart", 10.0), 700: ("purchase", 10.0), 800: ("view", None)}
+    assert result.bronze_rows == 17 and result.counts["quarantined"] == 13
 
 
 def test_json_records_may_leave_out_keys_the_rules_do_not_need(spark, lake, tmp_path):
