@@ -430,8 +430,12 @@ def optimize(
 def _written_tables() -> list[str]:
     from shoplake import storage
     from shoplake.catalog import TABLES
+    from shoplake.settings import get_settings
 
-    return [name for name in TABLES if storage.table_version(name) is not None]
+    written = [name for name in TABLES if storage.table_version(name) is not None]
+    if not written:  # said, rather than printing nothing and exiting 0
+        raise ShoplakeError(f"no table has been written yet in {get_settings().lake_root}")
+    return written
 
 
 def main() -> None:

@@ -191,9 +191,13 @@ def publish(
     ``full_refresh`` materializes each view from its earliest feature time again."""
     from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 
-    from shoplake import redis_writer
+    from shoplake import redis_writer, storage
+    from shoplake.catalog import USER_FEATURES
 
     settings = settings or get_settings()
+    if storage.table_version(USER_FEATURES) is None:  # every gold run writes it; else Feast "published" nothing
+        raise ShoplakeError("nothing to publish: gold has not been computed yet; run `shoplake gold` "
+                            "(or `shoplake pipeline`) first")  # fmt: skip
     if settings.feast_env == "production":
         register_spark_tables(spark)
     store = get_store(settings)
@@ -278,8 +282,14 @@ def _table(view: Any) -> str:
 
 
 def online_features(store: FeatureStore, features: list[str] | Any, entity_rows: list[dict[str, Any]]) -> dict:
-    return retrying("reading online features",
-                    lambda: response_values(store.get_online_features(features=features, entity_rows=entity_rows)))  # fmt: skip
+    from feast.errors import FeatureViewNotFoundException
+
+    try:
+        return retrying("reading online features",
+                        lambda: response_values(store.get_online_features(features=features, entity_rows=entity_rows)))  # fmt: skip
+    except FeatureViewNotFoundException as error:  # a store nobody published to yet: Feast's traceback said no more
+        raise FeatureStoreError(f"{error}: publish the features first (`shoplake publish`, or `shoplake pipeline`)"
+                                ) from error  # fmt: skip
 
 
 # Value kinds that Feast's to_dict returns as they are (scalars) or as a plain list (lists), unless a UUID type

@@ -163,3 +163,6 @@ def test_bad_input_exits_non_zero_with_one_clear_line(spark, lake, tmp_path):
     assert storage.table_version("items") is None and storage.table_version("bronze_events") is None
     result = runner.invoke(app, ["vacuum", "not_a_table"])
     assert result.exit_code == 2 and "unknown table 'not_a_table'" in result.output
+    for command in ("vacuum", "optimize"):  # an empty lake: said, not a silent exit 0
+        result = runner.invoke(app, [command])
+        assert result.exit_code == 2 and "no table has been written yet in " in result.output

@@ -476,6 +476,17 @@ def test_the_recommender_scores_by_the_cf_formula_online_and_cold_starts(spark, 
         recommend(store, 7, 0)
 
 
+def test_an_empty_lake_publishes_nothing_and_an_unpublished_store_says_so(spark, lake):
+    """Before, publish on an empty lake said every view was up to date and online = offline "for" nothing, and
+    recommend died in Feast's FeatureViewNotFoundException traceback."""
+    from shoplake.recommender import recommend
+
+    with pytest.raises(ShoplakeError, match="user_history does not exist .*: publish the features first"):
+        recommend(feature_store.get_store(), 7, 5)
+    with pytest.raises(ShoplakeError, match="nothing to publish: gold has not been computed yet"):
+        feature_store.publish(spark)
+
+
 def test_the_marketing_report_reads_the_feature_service(spark, lake):
     from shoplake.marketing import audience_stem, build_report
 
