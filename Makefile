@@ -44,8 +44,9 @@ pipeline: install ## The same stages without Airflow: `shoplake pipeline` on the
 test: install ## Run the test suite (pytest's "no tests collected" counts as a pass)
 	$(BIN)/pytest -q; status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
 
-lint: install ## ruff and mypy
+lint: install ## ruff (lint and format) and mypy
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy shoplake spark_jobs expectations feature_repo
 
 bench: install ## Run the benchmarks under bench/ (each against its baseline, results in bench/results/)

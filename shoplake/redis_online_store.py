@@ -47,7 +47,9 @@ class ShoplakeRedisOnlineStore(RedisOnlineStore):
         for table, requested_features in grouped_refs:
             join = (tuple(table.entities), tuple(sorted(table.projection.join_key_map.items())))
             if join not in entities_of:
-                entities, indexes, output_len = _get_unique_entities(table, join_key_values, entity_name_to_join_key_map)
+                entities, indexes, output_len = _get_unique_entities(
+                    table, join_key_values, entity_name_to_join_key_map
+                )
                 entities_of[join] = ([_entity_key(e, version) + project for e in entities], indexes, output_len)
             entity_keys, indexes, output_len = entities_of[join]
             view_name = _versioned_fv_name(table, config)
@@ -74,8 +76,16 @@ class ShoplakeRedisOnlineStore(RedisOnlineStore):
                             stamps)  # fmt: skip
 
 
-def _place_view(response: Any, table: Any, names: list[str], values: list[list[Any]], indexes: Any,
-                output_len: int, full_feature_names: bool, stamps: dict[Any, Any]) -> None:
+def _place_view(
+    response: Any,
+    table: Any,
+    names: list[str],
+    values: list[list[Any]],
+    indexes: Any,
+    output_len: int,
+    full_feature_names: bool,
+    stamps: dict[Any, Any],
+) -> None:
     """What Feast's ``_convert_redis_values_to_protobuf`` + ``_populate_response_from_feature_data`` put into the
     response — the same vectors, statuses and timestamps — without a dict and a datetime per (view, entity).
     ``names`` ends with the view's ``_ts:`` field, whose reply is each entity's feature time; Feast adds a vector

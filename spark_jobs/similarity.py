@@ -145,7 +145,9 @@ class NeighbourRanking:
         it is ranked then, and only the last item's rows are carried into the next batch."""
         carried = [np.empty(0, np.int64)] * 3
         for batch in batches:
-            i, j, c = (np.concatenate([carried[n], batch.column(name).to_numpy()]) for n, name in enumerate(PAIR_COLUMNS))
+            i, j, c = (
+                np.concatenate([carried[n], batch.column(name).to_numpy()]) for n, name in enumerate(PAIR_COLUMNS)
+            )
             if not len(i):
                 continue
             complete = i != i[-1]
