@@ -322,7 +322,7 @@ def withdraw_raced_files(
     those files (one commit), and the files count as already landed. The first commit keeps them."""
     committed = storage.runs_committed_since(BRONZE_EVENTS, checked_at)
     mine = committed.get(run_id)  # None: nothing committed (no rows), or Spark's Delta connector kept no run id
-    earlier = sorted(run for run, version in committed.items() if mine is not None and version < mine)
+    earlier = [] if mine is None else sorted(run for run, version in committed.items() if version < mine)
     if not earlier:  # the usual case: nobody committed between this run's check and its commit
         return set(), 0
     # read by Spark, as already_landed reads: deltalake's Arrow dataset finds nothing by file_checksum in files

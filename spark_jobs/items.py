@@ -2,9 +2,9 @@
 
 The catalogue is curated data, so a bad row (an id that is not an integer, an id given twice, a price that is
 negative or no finite number) stops the landing with an error that names the file and shows the offending rows,
-rather than being skipped. Landing upserts on ``item_id``: a newer catalogue replaces older rows for the same items and keeps the
-rest. Items the catalogue does not list come from the events (latest category, brand, price); what a catalogue row
-leaves out of those, the events fill in.
+rather than being skipped. Landing upserts on ``item_id``: a newer catalogue replaces older rows for the same
+items and keeps the rest. Items the catalogue does not list come from the events (latest category, brand, price);
+what a catalogue row leaves out of those, the events fill in.
 """
 
 from __future__ import annotations
