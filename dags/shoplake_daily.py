@@ -26,6 +26,8 @@ lines: titles, descriptions, attributes) into `items`, whose changed texts the e
   fix the service and clear the task. `consistency_check` failed: online values differ from the offline ones
   (the log lists them); re-run `publish_features`.
 - `embed_items` waits: it runs in the `gpu` pool (one slot); it falls back to the CPU where no GPU is visible.
+- `fail_the_run_if_a_task_failed` failed: it runs only when another task failed, so that the run shows as failed
+  (`data_docs` runs whatever happened); the task that failed before it says why.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def _skipped(plan: dict[str, Any], stage: str) -> bool:
     },
 )  # fmt: skip
 def shoplake_daily() -> None:
-    @task
+    @task(retries=0)  # parameters that do not fit together fail the same way on a retry
     def plan_run() -> dict[str, Any]:
         from shoplake.orchestration import plan_run as plan
 
@@ -196,11 +198,15 @@ def shoplake_daily() -> None:
         from airflow.sdk.exceptions import AirflowSkipException
 
         from shoplake import orchestration
+        from shoplake.feature_store import NothingToPublishError
 
         if plan["sample_fraction"] < 1:  # the consistency check, its asset and the evaluation are skipped with it
             raise AirflowSkipException("a trial run (sample_fraction < 1) publishes nothing to Feast")
         since = _day(plan["dates"][-1]) if plan["dates"] else None  # gold's date, when the run reran an older one
-        return orchestration.publish_features(plan["full_refresh"], since).log()
+        try:
+            return orchestration.publish_features(plan["full_refresh"], since).log()
+        except NothingToPublishError as error:  # gold skipped on a lake that never had any: nothing to retry
+            raise AirflowSkipException(str(error)) from error
 
     @task(outlets=[FEATURES_ONLINE])
     def consistency_check(published: dict[str, Any]) -> dict[str, Any]:
@@ -223,6 +229,15 @@ def shoplake_daily() -> None:
 
         return orchestration.data_docs().log()
 
+    @task(trigger_rule="one_failed", retries=0)
+    def fail_the_run_if_a_task_failed() -> None:
+        """data_docs runs whatever happened, so as the one leaf it made every run a success, a failed gate's
+        included. Every task is upstream of this one (through evaluate_recommender, or data_docs itself): it runs
+        only when one failed, and fails the run (Airflow's watcher pattern)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException("a task of this run failed: its log says why (triage: the DAG's docs)")
+
     plan = plan_run()
     landed = ingest(plan)
     raw_checked = validate_raw(plan, landed)
@@ -233,7 +248,10 @@ def shoplake_daily() -> None:
     gold_checked = validate_gold(plan, built_gold)
     graph = knowledge_graph(plan, embed_items(plan, gold_checked))
     checked = consistency_check(publish_features(plan, validate_graph(plan, graph)))
-    evaluate_recommender(plan, checked) >> data_docs()
+    evaluated = evaluate_recommender(plan, checked)
+    docs = data_docs()
+    evaluated >> docs
+    [evaluated, docs] >> fail_the_run_if_a_task_failed()
 
 
 shoplake_daily()

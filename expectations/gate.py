@@ -231,13 +231,15 @@ def write_run_history(spark: SparkSession, settings: Settings | None = None) -> 
 
     out = data_docs_dir(settings)
     out.mkdir(parents=True, exist_ok=True)
-    rows = (
-        storage.read_table(spark, RUN_METRICS)
-        .filter(F.col("stage") == "quality")
-        .select("run_id", "metric", "value", "details", "recorded_at")
-        .orderBy(F.desc("recorded_at"), "metric")
-        .collect()
-    )
+    rows = []  # none yet when a first run failed before its gates
+    if storage.table_version(RUN_METRICS) is not None:
+        rows = (
+            storage.read_table(spark, RUN_METRICS)
+            .filter(F.col("stage") == "quality")
+            .select("run_id", "metric", "value", "details", "recorded_at")
+            .orderBy(F.desc("recorded_at"), "metric")
+            .collect()
+        )
     tables = sorted({r.metric for r in rows})
     runs: dict[str, dict[str, Any]] = {}
     for r in rows:
@@ -263,7 +265,8 @@ def write_run_history(spark: SparkSession, settings: Settings | None = None) -> 
 padding:4px 8px}}.ok{{background:#dfd}}.bad{{background:#fcc}}.warn{{background:#ffd}}</style></head><body>
 <h1>Data quality: run history</h1><p>Each cell: the suite's verdict on the table version the run wrote (hover for
 the failed expectations). Validation results in detail: <a href="index.html">Great Expectations Data Docs</a>.</p>
-<table><tr><th>run</th><th>validated at (UTC)</th>{head}</tr>{"".join(body)}</table></body></html>"""
+<table><tr><th>run</th><th>validated at (UTC)</th>{head}</tr>{"".join(body)}</table>
+{"" if body else "<p>No run has been validated yet.</p>"}</body></html>"""
     path = out / "runs.html"
     path.write_text(page)
     return path

@@ -50,6 +50,10 @@ class FeatureStoreError(ShoplakeError):
     """The feature store could not be reached or refused an operation."""
 
 
+class NothingToPublishError(ShoplakeError):
+    """Gold has never been computed, so there are no features to publish."""
+
+
 def repo_config(settings: Settings | None = None) -> Any:
     from feast.repo_config import RepoConfig
 
@@ -196,8 +200,8 @@ def publish(
 
     settings = settings or get_settings()
     if storage.table_version(USER_FEATURES) is None:  # every gold run writes it; else Feast "published" nothing
-        raise ShoplakeError("nothing to publish: gold has not been computed yet; run `shoplake gold` "
-                            "(or `shoplake pipeline`) first")  # fmt: skip
+        raise NothingToPublishError("nothing to publish: gold has not been computed yet; run `shoplake gold` "
+                                    "(or `shoplake pipeline`) first")  # fmt: skip
     if settings.feast_env == "production":
         register_spark_tables(spark)
     store = get_store(settings)
