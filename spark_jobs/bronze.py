@@ -262,10 +262,11 @@ def build_bronze(
     return transform_bronze(fields, files, run_id, ingested_at, future_tolerance_hours)
 
 
-def already_landed(spark: SparkSession, checksums: Sequence[str]) -> set[str]:
-    if storage.table_version(BRONZE_EVENTS) is None:
+def already_landed(spark: SparkSession, checksums: Sequence[str], version: int | None) -> set[str]:
+    """The checksums bronze holds as of ``version`` (None: bronze has not been written yet)."""
+    if version is None:
         return set()
-    bronze = storage.read_table(spark, BRONZE_EVENTS)
+    bronze = storage.read_table(spark, BRONZE_EVENTS, version)
     found = bronze.filter(F.col("file_checksum").isin(list(checksums))).select("file_checksum").distinct().collect()
     return {row.file_checksum for row in found}
 
@@ -281,7 +282,7 @@ def land_event_files(
     unique = list({f.checksum: f for f in files}.values())
     checksums = tuple(f.checksum for f in unique)
     checked_at = storage.table_version(BRONZE_EVENTS)  # a run committing after this may land the same files
-    landed = already_landed(spark, [f.checksum for f in unique])
+    landed = already_landed(spark, checksums, checked_at)
     new = [f for f in unique if f.checksum not in landed]
     skipped = tuple(f.path for f in files if f not in new)
     for path in skipped:
@@ -317,7 +318,7 @@ def withdraw_raced_files(
     taken back out.
 
     Two runs that land one file at once both find it new, and appends never conflict, so both commit it. After its
-    commit each run reads the log since its check (``checked_at``, the version ``already_landed`` saw at least);
+    commit each run reads the log since its check (``checked_at``, the version ``already_landed`` read);
     where other runs committed in between, it looks for its files among their rows and deletes its own rows of
     those files (one commit), and the files count as already landed. The first commit keeps them."""
     committed = storage.runs_committed_since(BRONZE_EVENTS, checked_at)
