@@ -14,7 +14,9 @@ audited and then put back as the trial found it, nothing published to Feast; `ev
 folder instead of the landing folder (`$SHOPLAKE_HOME/landing`); `items` merges an item catalogue (CSV or JSON
 lines: titles, descriptions, attributes) into `items`, whose changed texts the embedding stage then re-embeds.
 
-**Triage a failure**
+**Triage a failure** — a task whose data is at fault (bad input, a failed gate) fails on its first try, since a retry
+would fail the same way (the log says "not retried"); a service's error (a write conflict, an unreachable store) is
+retried first.
 - `plan_run` failed: the parameters do not fit together (the message says which); nothing ran.
 - `ingest` failed: a file is unreadable or not in the events (or catalogue) format; its name is in the log. Nothing
   of that file was committed; clearing the task is safe (files already landed are skipped, a catalogue merges again).
@@ -33,6 +35,8 @@ lines: titles, descriptions, attributes) into `items`, whose changed texts the e
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import pendulum
@@ -51,6 +55,27 @@ CRON = get_settings().daily_schedule_or_none
 # 2019-10-02 00:00 and processes 2019-10-01. A plain cron string would, in Airflow 3, start the run at 00:00 with
 # the day that has just begun as its logical date.
 SCHEDULE = CronDataIntervalTimetable(CRON, timezone="UTC") if CRON else None
+
+
+def stage_task(**task_args: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``@task`` whose data errors fail at once: bad input or a failed gate fails the same way on every retry, so
+    only a service's errors (a write conflict, an unreachable store, a lost Spark executor) are retried."""
+
+    def decorate(function: Callable[..., Any]) -> Any:
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from shoplake.errors import DataError
+
+            try:
+                return function(*args, **kwargs)
+            except DataError as error:
+                raise AirflowFailException(f"{type(error).__name__}: {error} (not retried: fix the data)") from error
+
+        return task(**task_args)(run)
+
+    return decorate
 
 
 def _day(value: str) -> dt.date:
@@ -98,7 +123,7 @@ def shoplake_daily() -> None:
         context = get_current_context()
         return plan(context["params"], context.get("logical_date"), context["run_id"])
 
-    @task(**TRANSIENT)
+    @stage_task(**TRANSIENT)
     def ingest(plan: dict[str, Any]) -> dict[str, Any]:
         from shoplake import orchestration
 
@@ -107,13 +132,13 @@ def shoplake_daily() -> None:
         files = orchestration.landing_files(plan["events"])
         return orchestration.ingest(files, plan["items"], plan["run_id"]).log()
 
-    @task
+    @stage_task()
     def validate_raw(plan: dict[str, Any], landed: dict[str, Any]) -> dict[str, Any]:
         from shoplake import orchestration
 
         return orchestration.validate_raw(landed["version"], landed["ingest_run_id"], plan["run_id"]).log()
 
-    @task(**TRANSIENT)
+    @stage_task(**TRANSIENT)
     def silver(plan: dict[str, Any], landed: dict[str, Any]) -> dict[str, Any]:
         from shoplake import orchestration
 
@@ -134,7 +159,7 @@ def shoplake_daily() -> None:
             return orchestration.silver_result(dates, plan["run_id"])
         return orchestration.build_silver(dates, plan["run_id"]).log()
 
-    @task
+    @stage_task()
     def validate_silver(plan: dict[str, Any], built: dict[str, Any]) -> dict[str, Any]:
         from shoplake import orchestration
 
@@ -143,7 +168,7 @@ def shoplake_daily() -> None:
         dates = [_day(d) for d in built["dates"]]
         return orchestration.validate_silver(built["version"], dates, built["quarantine_share"], plan["run_id"]).log()
 
-    @task(**TRANSIENT)
+    @stage_task(**TRANSIENT)
     def gold(plan: dict[str, Any], silver_checked: dict[str, Any]) -> dict[str, Any]:
         from shoplake import orchestration
 
@@ -157,7 +182,7 @@ def shoplake_daily() -> None:
             return orchestration.gold_result(as_of)
         return orchestration.build_gold(as_of, plan["run_id"], plan["sample_fraction"]).log()
 
-    @task(outlets=GOLD_ASSETS)
+    @stage_task(outlets=GOLD_ASSETS)
     def validate_gold(plan: dict[str, Any], built: dict[str, Any]) -> dict[str, Any]:
         from shoplake import orchestration
 
@@ -167,7 +192,7 @@ def shoplake_daily() -> None:
             built["versions"], _day(built["as_of"]), plan["run_id"], plan["sample_fraction"]
         ).log()
 
-    @task(pool="gpu", **TRANSIENT)
+    @stage_task(pool="gpu", **TRANSIENT)
     def embed_items(plan: dict[str, Any], gold_checked: dict[str, Any]) -> dict[str, Any]:
         from shoplake import orchestration
 
@@ -175,7 +200,7 @@ def shoplake_daily() -> None:
             return {}
         return orchestration.embed(plan["run_id"], plan["full_refresh"]).log()
 
-    @task
+    @stage_task()
     def knowledge_graph(plan: dict[str, Any], embedded: dict[str, Any]) -> dict[str, Any]:
         from shoplake import orchestration
 
@@ -184,7 +209,7 @@ def shoplake_daily() -> None:
         as_of = orchestration.graph_date(_day(plan["dates"][-1]) if plan["dates"] else None)
         return {"as_of": as_of.isoformat(), **orchestration.knowledge_graph(as_of, plan["run_id"]).log()}
 
-    @task(outlets=GRAPH_ASSETS)
+    @stage_task(outlets=GRAPH_ASSETS)
     def validate_graph(plan: dict[str, Any], graph: dict[str, Any]) -> dict[str, Any]:
         from shoplake import orchestration
 
@@ -192,7 +217,7 @@ def shoplake_daily() -> None:
             return {}
         return orchestration.validate_graph(_day(graph["as_of"]), plan["run_id"]).log()
 
-    @task(**TRANSIENT)
+    @stage_task(**TRANSIENT)
     def publish_features(plan: dict[str, Any], graph_checked: dict[str, Any]) -> dict[str, Any]:
         """Materializes what the gates published (a failed gate restored the last good contents)."""
         from airflow.sdk.exceptions import AirflowSkipException
@@ -215,7 +240,7 @@ def shoplake_daily() -> None:
 
         return orchestration.check_features().log()
 
-    @task
+    @stage_task()
     def evaluate_recommender(plan: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
         from shoplake import orchestration
 

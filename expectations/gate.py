@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from expectations.runner import SuiteOutcome, run_suite
 from shoplake import storage
 from shoplake.catalog import PUBLISHED_VERSIONS, TableSpec, get_table
-from shoplake.errors import ShoplakeError
+from shoplake.errors import DataError
 from shoplake.run_metrics import record_metrics
 from shoplake.settings import Settings, get_settings
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 MAX_EXAMPLES = 5
 
 
-class QualityGateError(ShoplakeError):
+class QualityGateError(DataError):
     """A critical expectation failed: nothing of the stage was published."""
 
 

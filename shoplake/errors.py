@@ -10,11 +10,16 @@ class UnknownTableError(ShoplakeError, KeyError):
         return str(self.args[0])
 
 
-class TableNotFoundError(ShoplakeError):
+class DataError(ShoplakeError):
+    """The data, or the lake's state, is at fault: a retry on the same data fails the same way, so orchestration fails
+    such a task at once (a service's error, such as a write conflict or an unreachable store, is retried)."""
+
+
+class TableNotFoundError(DataError):
     """The table is in the catalogue but has never been written."""
 
 
-class SchemaMismatchError(ShoplakeError):
+class SchemaMismatchError(DataError):
     """A DataFrame does not fit its table's declared schema."""
 
 
@@ -22,5 +27,5 @@ class WriteConflictError(ShoplakeError):
     """Another writer committed to the same table first; nothing of this write was committed."""
 
 
-class InputError(ShoplakeError):
+class InputError(DataError):
     """An input file is missing, unreadable or not in a supported format."""

@@ -37,7 +37,7 @@ import shoplake
 from shoplake import storage
 from shoplake.catalog import ITEM_EMBEDDINGS, ITEMS, KG_EDGES, KG_NODES, SILVER_EVENTS
 from shoplake.encoder import ModelSpec, TextEncoder, resolve_device
-from shoplake.errors import ShoplakeError, TableNotFoundError
+from shoplake.errors import DataError, ShoplakeError, TableNotFoundError
 from shoplake.run_metrics import record_metrics
 from shoplake.settings import Settings, get_settings
 
@@ -452,7 +452,7 @@ def check_history_window(as_of_date: dt.date, history_days: int) -> None:
     dates = event_dates()
     first = as_of_date - dt.timedelta(days=history_days - 1)
     if dates and not any(first <= d <= as_of_date for d in dates):
-        raise ShoplakeError(f"knowledge graph as of {as_of_date}: silver has no events in the {history_days} days up "
+        raise DataError(f"knowledge graph as of {as_of_date}: silver has no events in the {history_days} days up "
                             f"to it (it holds {dates[0]}..{dates[-1]}); the graph keeps its behaviour edges")  # fmt: skip
 
 

@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 
 from shoplake import storage
 from shoplake.catalog import BRONZE_EVENTS, QUARANTINE_EVENTS, RAW_EVENT_COLUMNS, SILVER_EVENTS
-from shoplake.errors import ShoplakeError
+from shoplake.errors import DataError, ShoplakeError
 from shoplake.run_metrics import record_metrics
 from shoplake.settings import Settings, get_settings
 from spark_jobs.columns import EVENT_TYPE_SYNONYMS, blank_to_null, category_path, finite_number, parse_event_time
@@ -50,7 +50,7 @@ FILE_FIELDS = ("source_file", "file_checksum", "ingest_run_id")  # one value per
 REJECTED_FIELDS = (*RAW_EVENT_COLUMNS, "field_count", "raw_line", "detail", "event_date", *FILE_FIELDS)
 
 
-class ReconciliationError(ShoplakeError):
+class ReconciliationError(DataError):
     """Bronze rows were lost or invented between bronze and silver."""
 
 

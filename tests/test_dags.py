@@ -147,6 +147,19 @@ def test_a_failed_task_fails_the_run_though_data_docs_runs_after_it(spark, lake,
     assert run.state == DagRunState.FAILED
 
 
+def test_bad_input_fails_its_task_at_once_without_retries(spark, lake, dagbag, tmp_path):
+    """A file not in the events format fails the same way on every try: ingest retried it twice (90 s of backoff)
+    before the run failed. Errors of the data, not of a service, now fail the task on its first try."""
+    from airflow.utils.state import DagRunState
+
+    semicolons = tmp_path / "events.csv"
+    semicolons.write_text("event_time;event_type;product_id\n2019-10-01 00:00:00 UTC;view;1\n")
+    run = run_daily({"events": str(semicolons), "date": "2019-10-01"})
+    ingest = run.get_task_instance("ingest")
+    assert (ingest.state, ingest.try_number) == ("failed", 1)
+    assert run.state == DagRunState.FAILED
+
+
 @pytest.mark.slow
 def test_dag_test_runs_the_whole_pipeline_on_the_sample(spark, lake, dagbag, tmp_path):
     from airflow.utils.state import DagRunState
