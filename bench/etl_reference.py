@@ -79,6 +79,7 @@ def _parameters(files: list[str], as_of: dt.date, ingested_at: dt.datetime, sett
     activity, item_counts = windowed(EVENT_TYPES), windowed(COUNTED_TYPES)
     return {
         "files": [str(f) for f in files], "event_type": f"CASE lower(trim(event_type)) {synonyms} END",
+        "earliest": dt.datetime.combine(settings.earliest_event_date, dt.time()).isoformat(sep=" "),
         "latest": (ingested_at.replace(tzinfo=None) + dt.timedelta(hours=settings.future_tolerance_hours)).isoformat(sep=" "),
         "repeat_seconds": settings.repeat_window_seconds, "gap_minutes": settings.session_gap_minutes,
         "bot_window": settings.bot_window_seconds, "bot_max": settings.bot_max_events_per_window,

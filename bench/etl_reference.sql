@@ -16,7 +16,7 @@ SELECT * FROM (
          try_cast(trim(user_id) AS BIGINT) AS user_id,
          nullif(trim(user_session), '') AS user_session
   FROM raw)
-WHERE event_time IS NOT NULL AND event_time <= TIMESTAMP '${latest}' AND user_id IS NOT NULL
+WHERE event_time >= TIMESTAMP '${earliest}' AND event_time <= TIMESTAMP '${latest}' AND user_id IS NOT NULL
   AND product_id IS NOT NULL AND event_type IS NOT NULL
   AND NOT (event_type IN ('cart', 'purchase') AND (raw_price IS NULL OR raw_price <= 0));
 

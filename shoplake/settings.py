@@ -8,6 +8,7 @@ delta-rs or the connection strings that later stages read.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from pathlib import Path
 from typing import Literal
@@ -80,6 +81,9 @@ class Settings(BaseSettings):
 
     # silver rules
     future_tolerance_hours: float = Field(1.0, ge=0, description="Events later than ingestion + this: quarantined.")
+    earliest_event_date: dt.date = Field(
+        dt.date(2000, 1, 1), description="Events before this date: quarantined (1970-01-01 is a common 'no time')."
+    )
     repeat_window_seconds: float = Field(2.0, ge=0, description="Same user, item, type this close: one action.")
     session_gap_minutes: float = Field(30.0, gt=0, description="Inactivity that ends a session lacking an id.")
     bot_window_seconds: int = Field(300, gt=0, description="Window over which a bot's sustained rate is measured.")

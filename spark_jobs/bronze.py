@@ -212,21 +212,32 @@ def transform_jsonl_fields(numbered: DataFrame) -> DataFrame:
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class EventTimeBounds:
+    """The times bronze places on a day (silver quarantines the others): from midnight UTC of ``earliest_date`` up to
+    ingestion plus ``future_tolerance_hours``."""
+
+    earliest_date: dt.date
+    future_tolerance_hours: float
+
+
 def transform_bronze(
     fields: DataFrame,
     files: Sequence[EventFile],
     run_id: str,
     ingested_at: dt.datetime,
-    future_tolerance_hours: float,
+    time_bounds: EventTimeBounds,
 ) -> DataFrame:
     """The bronze schema: raw fields, the raw line when its field count is wrong, and provenance.
 
     ``event_date`` places a row on the day it happened; a time that does not parse, or lies beyond ingestion plus
-    the tolerance, places it nowhere (null), and every silver run examines such rows."""
+    the tolerance or before the earliest date, places it nowhere (null), and every silver run examines such rows
+    (a 1970-01-01 "no time" had silver process every date from 1970 on)."""
     by_index = F.col("file_index") + 1
     event_time = F.col("_event_time")  # parsed once in its own projection: the rules below read it twice
-    latest = F.lit(ingested_at + dt.timedelta(hours=future_tolerance_hours)).cast("timestamp")
-    plausible = event_time.isNotNull() & (event_time <= latest)
+    earliest = F.lit(dt.datetime.combine(time_bounds.earliest_date, dt.time()))  # midnight UTC (the session zone)
+    latest = F.lit(ingested_at + dt.timedelta(hours=time_bounds.future_tolerance_hours)).cast("timestamp")
+    plausible = event_time.between(earliest, latest)
     return fields.withColumn("_event_time", parse_event_time("event_time")).select(
         *RAW_EVENT_COLUMNS,
         "field_count",
@@ -246,7 +257,7 @@ def build_bronze(
     files: Sequence[EventFile],
     run_id: str,
     ingested_at: dt.datetime,
-    future_tolerance_hours: float = 1.0,
+    time_bounds: EventTimeBounds,
 ) -> DataFrame:
     numbered = transform_number_lines(lines, splits.offsets)
     groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
@@ -259,7 +270,7 @@ def build_bronze(
     fields = parts[0]
     for part in parts[1:]:
         fields = fields.unionByName(part)
-    return transform_bronze(fields, files, run_id, ingested_at, future_tolerance_hours)
+    return transform_bronze(fields, files, run_id, ingested_at, time_bounds)
 
 
 def already_landed(spark: SparkSession, checksums: Sequence[str], version: int | None) -> set[str]:
@@ -289,11 +300,12 @@ def land_event_files(
         log.info("%s: already landed (same checksum); skipped", path)
     if not new:
         return LandingResult(run_id, checksums, (), skipped, 0, storage.table_version(BRONZE_EVENTS))
-    tolerance = get_settings().future_tolerance_hours
+    settings = get_settings()
+    time_bounds = EventTimeBounds(settings.earliest_event_date, settings.future_tolerance_hours)
     with unreadable_file_as_input_error():
         lines = read_lines(spark, new)
         splits = split_offsets(lines, new)
-        landed_rows = build_bronze(lines, splits, new, run_id, ingested_at, tolerance)
+        landed_rows = build_bronze(lines, splits, new, run_id, ingested_at, time_bounds)
         result = storage.write_table(landed_rows, BRONZE_EVENTS, "append", run_id=run_id, clustered=splits.one_day_each)
     rows, version = result.rows, result.version
     raced, withdrawn_rows = withdraw_raced_files(spark, new, run_id, checked_at)

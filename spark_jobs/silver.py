@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 EXPECTED_FIELDS = len(RAW_EVENT_COLUMNS)
 REASONS = (
-    "wrong_column_count", "unparseable_time", "future_time", "missing_user_id", "invalid_user_id",
+    "wrong_column_count", "unparseable_time", "future_time", "too_early_time", "missing_user_id", "invalid_user_id",
     "missing_product_id", "invalid_product_id", "unknown_event_type", "non_positive_price",
 )  # fmt: skip
 OUTCOMES = ("kept", "exact_duplicate", "collapsed", "quarantined")
@@ -57,6 +57,7 @@ class ReconciliationError(DataError):
 @dataclass(frozen=True)
 class SilverRules:
     future_tolerance_hours: float = 1.0
+    earliest_event_date: dt.date = dt.date(2000, 1, 1)
     repeat_window_seconds: float = 2.0
     session_gap_minutes: float = 30.0
     bot_window_seconds: int = 300
@@ -65,8 +66,8 @@ class SilverRules:
     @classmethod
     def from_settings(cls, settings: Settings) -> SilverRules:
         return cls(
-            settings.future_tolerance_hours, settings.repeat_window_seconds, settings.session_gap_minutes,
-            settings.bot_window_seconds, settings.bot_max_events_per_window,
+            settings.future_tolerance_hours, settings.earliest_event_date, settings.repeat_window_seconds,
+            settings.session_gap_minutes, settings.bot_window_seconds, settings.bot_max_events_per_window,
         )  # fmt: skip
 
 
@@ -100,11 +101,13 @@ def transform_type(bronze: DataFrame, rules: SilverRules) -> DataFrame:
     event_time, event_type, price = F.col("t_event_time"), F.col("t_event_type"), F.col("_price")
     user, product = F.col("_user"), F.col("_product")
     too_late = _seconds(F.col("ingested_at")) + rules.future_tolerance_hours * 3600
+    too_early = F.lit(dt.datetime.combine(rules.earliest_event_date, dt.time()))  # midnight UTC (the session zone)
     rules_broken = [
         (F.col("field_count") != EXPECTED_FIELDS,
          F.format_string(f"%d fields, expected {EXPECTED_FIELDS}", F.col("field_count"))),
         (event_time.isNull(), F.concat(F.lit("event_time "), F.coalesce(F.col("event_time"), F.lit("null")))),
         (_seconds(event_time) > too_late, F.format_string("event_time %s is after ingestion + tolerance", F.trim(F.col("event_time")))),
+        (event_time < too_early, F.format_string(f"event_time %s is before {rules.earliest_event_date}", F.trim(F.col("event_time")))),
         (user.isNull(), F.lit("user_id is empty")),
         (user.try_cast("long").isNull(), F.concat(F.lit("user_id "), user)),
         (product.isNull(), F.lit("product_id is empty")),

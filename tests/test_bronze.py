@@ -162,13 +162,15 @@ def test_splits_of_one_day_are_written_as_read_and_splits_mixing_days_are_rebala
 
 def test_provenance_and_parsed_event_date(spark, lake, tmp_path):
     path = tmp_path / "day.csv"
-    path.write_text(f"{HEADER}\n{ROW}\nnot-a-time,view,1,2,,,1.0,3,s\n")
+    sentinel = "1970-01-01 00:00:00 UTC,view,1,2,,,1.0,3,s"  # "no time" in many systems: placed on no day either
+    path.write_text(f"{HEADER}\n{ROW}\nnot-a-time,view,1,2,,,1.0,3,s\n{sentinel}\n")
     land(spark, path)
-    good, bad = bronze_rows(spark)
+    good, bad, too_early = bronze_rows(spark)
     assert (good.source_file, good.line_number, good.ingest_run_id) == (str(path), 2, "run-1")
     assert good.file_checksum == bronze.file_checksum(str(path)) and len(good.file_checksum) == 64
     assert good.event_date == dt.date(2019, 10, 1) and good.category_code is None
     assert (bad.line_number, bad.event_date, bad.field_count, bad.raw_line) == (3, None, 9, None)
+    assert (too_early.line_number, too_early.event_date) == (4, None)
 
 
 def test_json_lines_gzip_and_reordered_csv_headers_land_alike(spark, lake, tmp_path):

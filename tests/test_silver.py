@@ -160,6 +160,7 @@ def test_each_rule_quarantines_with_its_reason(spark, lake, tmp_path):
         event("2019-10-01 10:00:00", kind="cart", price="Infinity"),
         event("2019-10-01 10:00:00", kind="purchase", price="1e400"),
         event("2019-10-01 10:00:00", kind="view", price="nan", product="800"),
+        event("1970-01-01 00:00:00"),  # "no time" in many systems: silver processed every date from 1970 on
     ])  # fmt: skip
     result = run(spark)
     reasons = {r.line_number: (r.reason, r.detail) for r in storage.read_table(spark, "quarantine_events").collect()}
@@ -177,10 +178,11 @@ def test_each_rule_quarantines_with_its_reason(spark, lake, tmp_path):
         15: ("non_positive_price", "purchase with price NaN"),
         16: ("non_positive_price", "cart with price Infinity"),
         17: ("non_positive_price", "purchase with price 1e400"),
+        19: ("too_early_time", "event_time 1970-01-01 00:00:00 is before 2000-01-01"),
     }
     kept = {r.product_id: (r.event_type, r.price) for r in silver_rows(spark)}
     assert kept == {500: ("view", None), 600: ("cart", 10.0), 700: ("purchase", 10.0), 800: ("view", None)}
-    assert result.bronze_rows == 17 and result.counts["quarantined"] == 13
+    assert result.bronze_rows == 18 and result.counts["quarantined"] == 14
 
 
 def test_json_records_may_leave_out_keys_the_rules_do_not_need(spark, lake, tmp_path):
