@@ -96,6 +96,20 @@ def _open(uri: str, settings: Settings, version: int | None = None) -> DeltaTabl
         return None
 
 
+def _snapshot(spec: TableSpec, version: int | None = None) -> DeltaTable | None:
+    """The table's latest snapshot, or ``version``'s; None when the table has never been written."""
+    settings = get_settings()
+    return _open(settings.table_uri(spec.name), settings, version)
+
+
+def _written_snapshot(spec: TableSpec, version: int | None = None) -> DeltaTable:
+    """``_snapshot``, for what needs the table to exist."""
+    delta = _snapshot(spec, version)
+    if delta is None:
+        raise TableNotFoundError(f"table {spec.name} has not been written yet")
+    return delta
+
+
 def delta_connector_active(spark: SparkSession) -> bool:
     """True when the session was built with Delta's Spark connector (io.delta.sql.DeltaSparkSessionExtension)."""
     return "DeltaSparkSessionExtension" in (spark.conf.get("spark.sql.extensions", "") or "")
@@ -161,30 +175,20 @@ def read_table(spark: SparkSession, table: str | TableSpec, version: int | None 
 def read_arrow(table: str | TableSpec, columns: Sequence[str], version: int | None = None) -> pa.Table:
     """Columns of a table's snapshot as Arrow, read on this machine by ``deltalake`` (no Spark job): for writers
     that run on the driver anyway, such as publishing to an online store."""
-    settings = get_settings()
-    spec = get_table(table)
-    delta = _open(settings.table_uri(spec.name), settings, version)
-    if delta is None:
-        raise TableNotFoundError(f"table {spec.name} has not been written yet")
+    delta = _written_snapshot(get_table(table), version)
     return delta.to_pyarrow_dataset().to_table(columns=list(columns))
 
 
 def table_version(table: str | TableSpec) -> int | None:
     """The latest committed version, or None when the table has never been written."""
-    settings = get_settings()
-    delta = _open(settings.table_uri(get_table(table).name), settings)
+    delta = _snapshot(get_table(table))
     return None if delta is None else delta.version()
 
 
 def restore_table(table: str | TableSpec, version: int) -> int:
     """Make ``version``'s contents the latest again (a new commit; later versions stay in the history)."""
-    settings = get_settings()
     spec = get_table(table)
-    delta = _open(settings.table_uri(spec.name), settings)
-    if delta is None:
-        raise TableNotFoundError(f"table {spec.name} has never been written")
-    target = _open(settings.table_uri(spec.name), settings, version)
-    assert target is not None
+    delta, target = _written_snapshot(spec), _written_snapshot(spec, version)
     if set(target.file_uris()) == set(delta.file_uris()):
         return delta.version()  # already those contents: nothing to commit
     delta.restore(version)
@@ -206,8 +210,7 @@ def partition_values(table: str | TableSpec) -> list[dict[str, str | None]]:
 
 def _latest_files(spec: TableSpec) -> tuple[DeltaTable, dict[str, list[Any]]] | None:
     """The latest snapshot and its data files' add actions (path, size, records, partition values), column-wise."""
-    settings = get_settings()
-    delta = _open(settings.table_uri(spec.name), settings)
+    delta = _snapshot(spec)
     if delta is None:
         return None
     return delta, pa.table(delta.get_add_actions(flatten=True)).to_pydict()
@@ -637,9 +640,7 @@ def vacuum_table(table: str | TableSpec, retention_hours: int = 168, dry_run: bo
     """Delete files no version within ``retention_hours`` needs, and staging left by crashed writers."""
     settings = get_settings()
     spec = get_table(table)
-    delta = _open(settings.table_uri(spec.name), settings)
-    if delta is None:
-        raise TableNotFoundError(f"table {spec.name} has not been written yet")
+    delta = _written_snapshot(spec)
     removed = delta.vacuum(retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False)
     fs, staging = _filesystem(f"{settings.staging_root}/{spec.name}")
     cutoff = time.time() - retention_hours * 3600
@@ -656,12 +657,8 @@ def vacuum_table(table: str | TableSpec, retention_hours: int = 168, dry_run: bo
 
 def files_still_current(table: str | TableSpec, version: int) -> bool:
     """Whether the latest version still holds every data file of ``version`` (so no vacuum can remove them)."""
-    settings = get_settings()
     spec = get_table(table)
-    latest = _open(settings.table_uri(spec.name), settings)
-    old = _open(settings.table_uri(spec.name), settings, version)
-    if latest is None or old is None:
-        raise TableNotFoundError(f"table {spec.name} has not been written yet")
+    latest, old = _written_snapshot(spec), _written_snapshot(spec, version)
     return set(old.file_uris()) <= set(latest.file_uris())
 
 
@@ -681,9 +678,7 @@ def runs_committed_since(table: str | TableSpec, version: int | None) -> dict[st
     """The runs that committed to ``table`` after ``version`` (None: since its creation), each with the version of
     its first such commit: which of two runs writing at once committed first. Writes without a run id are left
     out."""
-    settings = get_settings()
-    spec = get_table(table)
-    delta = _open(settings.table_uri(spec.name), settings)
+    delta = _snapshot(get_table(table))
     if delta is None:
         return {}
     after = -1 if version is None else version  # versions start at 0
@@ -696,11 +691,8 @@ def runs_committed_since(table: str | TableSpec, version: int | None) -> dict[st
 
 def delete_rows(table: str | TableSpec, predicate: str, run_id: str) -> int:
     """Delete the rows matching a SQL ``predicate`` in one commit; the number deleted."""
-    settings = get_settings()
     spec = get_table(table)
-    delta = _open(settings.table_uri(spec.name), settings)
-    if delta is None:
-        raise TableNotFoundError(f"table {spec.name} has not been written yet")
+    delta = _written_snapshot(spec)
     metadata = {"shoplake.mode": "delete", "shoplake.run_id": run_id}
     try:
         result = delta.delete(predicate, commit_properties=CommitProperties(custom_metadata=metadata))
@@ -714,11 +706,8 @@ def delete_rows(table: str | TableSpec, predicate: str, run_id: str) -> int:
 
 def committed_at(table: str | TableSpec, version: int) -> dt.datetime:
     """When ``version`` of ``table`` was committed (UTC)."""
-    settings = get_settings()
     spec = get_table(table)
-    delta = _open(settings.table_uri(spec.name), settings)
-    if delta is None:
-        raise TableNotFoundError(f"table {spec.name} has not been written yet")
+    delta = _written_snapshot(spec)
     for commit in delta.history(delta.version() - version + 1):
         if commit.get("version") == version:
             return dt.datetime.fromtimestamp(commit["timestamp"] / 1000, dt.UTC)
@@ -727,11 +716,7 @@ def committed_at(table: str | TableSpec, version: int) -> dt.datetime:
 
 def optimize_table(table: str | TableSpec, target_size: int | None = None) -> dict[str, Any]:
     """Compact small files into larger ones (a new version; readers of older versions are unaffected)."""
-    settings = get_settings()
-    spec = get_table(table)
-    delta = _open(settings.table_uri(spec.name), settings)
-    if delta is None:
-        raise TableNotFoundError(f"table {spec.name} has not been written yet")
+    delta = _written_snapshot(get_table(table))
     metrics: dict[str, Any] = delta.optimize.compact(target_size=target_size)
     delta.create_checkpoint()
     return metrics
