@@ -235,7 +235,7 @@ def transform_bronze(
     (a 1970-01-01 "no time" had silver process every date from 1970 on)."""
     by_index = F.col("file_index") + 1
     event_time = F.col("_event_time")  # parsed once in its own projection: the rules below read it twice
-    earliest = F.lit(dt.datetime.combine(time_bounds.earliest_date, dt.time()))  # midnight UTC (the session zone)
+    earliest = F.lit(dt.datetime.combine(time_bounds.earliest_date, dt.time(), dt.UTC))
     latest = F.lit(ingested_at + dt.timedelta(hours=time_bounds.future_tolerance_hours)).cast("timestamp")
     plausible = event_time.between(earliest, latest)
     return fields.withColumn("_event_time", parse_event_time("event_time")).select(

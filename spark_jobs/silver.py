@@ -101,7 +101,7 @@ def transform_type(bronze: DataFrame, rules: SilverRules) -> DataFrame:
     event_time, event_type, price = F.col("t_event_time"), F.col("t_event_type"), F.col("_price")
     user, product = F.col("_user"), F.col("_product")
     too_late = _seconds(F.col("ingested_at")) + rules.future_tolerance_hours * 3600
-    too_early = F.lit(dt.datetime.combine(rules.earliest_event_date, dt.time()))  # midnight UTC (the session zone)
+    too_early = F.lit(dt.datetime.combine(rules.earliest_event_date, dt.time(), dt.UTC))
     rules_broken = [
         (F.col("field_count") != EXPECTED_FIELDS,
          F.format_string(f"%d fields, expected {EXPECTED_FIELDS}", F.col("field_count"))),
