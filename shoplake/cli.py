@@ -47,24 +47,6 @@ def _clear_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def expand_event_paths(paths: list[Path]) -> list[str]:
-    """Files as given; a folder stands for the events files directly inside it, in name order."""
-    from spark_jobs.bronze import EVENT_SUFFIXES
-
-    expanded: list[str] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(EVENT_SUFFIXES))
-            if not found:
-                raise ShoplakeError(f"{path}: folder holds no events files ({', '.join(EVENT_SUFFIXES)})")
-            expanded.extend(str(p) for p in found)
-        elif not path.is_file():
-            raise ShoplakeError(f"{path}: no such file")
-        else:
-            expanded.append(str(path))
-    return expanded
-
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -99,7 +81,7 @@ def _ingest(events: list[Path], items_path: Path | None, run_id: str) -> list[dt
     """Land and validate the files; return the event dates they hold (landed now or before)."""
     from shoplake import orchestration
 
-    paths = expand_event_paths(events)
+    paths = orchestration.event_files(events)
     landed = _say(orchestration.ingest(paths, str(items_path) if items_path else None, run_id))
     _say(orchestration.validate_raw(landed["version"], landed["ingest_run_id"], run_id))
     return [dt.date.fromisoformat(d) for d in landed["dates"]]

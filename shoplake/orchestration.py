@@ -12,9 +12,10 @@ import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from shoplake.errors import ShoplakeError
+from shoplake.errors import DataError, InputError, ShoplakeError
 
 log = logging.getLogger(__name__)
 STAGES = ("ingest", "silver", "gold", "embed", "kg")
@@ -73,7 +74,7 @@ def latest_silver_date() -> dt.date:
 
     dates = event_dates()
     if not dates:
-        raise ShoplakeError("silver_events is empty: run `shoplake silver` (or `shoplake pipeline`) first")
+        raise DataError("silver_events is empty: run `shoplake silver` (or `shoplake pipeline`) first")
     return dates[-1]
 
 
@@ -99,14 +100,12 @@ def ingest(event_paths: Sequence[str], items_path: str | None, run_id: str) -> S
     """Land the events files (a file already landed is skipped) and, optionally, a catalogue (with or without
     events: a shop's catalogue changes on its own schedule). The catalogue is checked before any events land and
     merged after them, so an input refused at either step leaves nothing committed."""
-    from pathlib import Path
-
     from spark_jobs import bronze, items
 
     for path in event_paths:
         bronze.file_format(path)  # an unsupported format fails before Spark starts
     if items_path is not None and not Path(items_path).is_file():
-        raise ShoplakeError(f"{items_path}: no such file")
+        raise InputError(f"{items_path}: no such file")
     catalog = items.prepare_catalog(_spark(), items_path, now()) if items_path is not None else None
 
     def merge_catalog() -> list[str]:
@@ -322,21 +321,42 @@ def plan_run(params: Mapping[str, Any], logical_date: dt.datetime | None, dag_ru
 
 
 def landing_files(path: str | None) -> list[str]:
-    """Events files to ingest: the given file or folder, else the landing folder; none is not an error."""
-    from pathlib import Path
-
+    """Events files to ingest: the given file or folder (see ``event_files``), else those of the landing folder,
+    where none is not an error (nothing arrived)."""
     from shoplake.settings import get_settings
 
-    folder = Path(path) if path else get_settings().landing_dir
-    if folder.is_file():
-        return [str(folder)]
-    if not folder.is_dir():
-        if path:
-            raise ShoplakeError(f"{folder}: no such file or folder")
-        return []
+    if path:
+        return event_files([Path(path)])
+    landing = get_settings().landing_dir
+    return _events_in(landing) if landing.is_dir() else []
+
+
+def event_files(paths: Sequence[Path]) -> list[str]:
+    """Files as given; a folder stands for the events files directly inside it, in name order. A given folder that
+    holds none is an error: the run would have landed nothing and said nothing of it."""
     from spark_jobs.bronze import EVENT_SUFFIXES
 
-    return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(EVENT_SUFFIXES))
+    found: list[str] = []
+    for path in paths:
+        if path.is_dir():
+            if not (inside := _events_in(path)):
+                raise InputError(f"{path}: folder holds no events files ({', '.join(EVENT_SUFFIXES)})")
+            found.extend(inside)
+        elif not path.is_file():
+            raise InputError(f"{path}: no such file or folder")
+        else:
+            found.append(str(path))
+    return found
+
+
+def _events_in(folder: Path) -> list[str]:
+    """The events files directly inside ``folder``, in name order; the other files are named in the log."""
+    from spark_jobs.bronze import EVENT_SUFFIXES
+
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    for other in (p for p in files if not p.name.lower().endswith(EVENT_SUFFIXES)):
+        log.warning("%s: not an events file (%s), left where it is", other, ", ".join(EVENT_SUFFIXES))
+    return [str(p) for p in files if p.name.lower().endswith(EVENT_SUFFIXES)]
 
 
 def publish_features(full_refresh: bool = False, since: dt.date | None = None) -> Step:

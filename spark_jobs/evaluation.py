@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from shoplake import storage
 from shoplake.catalog import ITEMS
-from shoplake.errors import ShoplakeError
+from shoplake.errors import DataError
 from shoplake.run_metrics import record_metrics
 from shoplake.settings import Settings, get_settings
 from spark_jobs.gold import baskets_of, cf_recommendations_of, item_similarity_of, read_history
@@ -75,7 +75,7 @@ def evaluate(
     try:
         (split_at,) = events.agg(F.percentile_approx(F.unix_micros("event_time"), 1 - test_share)).collect()[0]
         if split_at is None:
-            raise ShoplakeError(f"evaluation: no silver events up to {as_of_date}")
+            raise DataError(f"evaluation: no silver events up to {as_of_date}")
         split = dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=int(split_at))
         train = events.filter(F.col("event_time") < F.lit(split))
         test = events.filter(F.col("event_time") >= F.lit(split))

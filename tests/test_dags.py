@@ -12,8 +12,8 @@ import pytest
 
 from shoplake import storage
 from shoplake.airflow_setup import DAGS_FOLDER, POOLS, ensure_pools
-from shoplake.errors import ShoplakeError
-from shoplake.orchestration import plan_run
+from shoplake.errors import InputError, ShoplakeError
+from shoplake.orchestration import landing_files, plan_run
 from tests.conftest import SAMPLE_EVENTS
 
 NEVER_RETRIED = {"plan_run", "fail_the_run_if_a_task_failed"}
@@ -134,6 +134,23 @@ def test_params_that_do_not_fit_together_are_refused_before_any_data_task():
     assert plan["run_id"] == "airflow-manual__2026-01-01T00-00-00-00-00"
     scheduled = plan_run({}, dt.datetime(2019, 10, 7, tzinfo=dt.UTC), "scheduled__x")
     assert scheduled["dates"] == ["2019-10-07"] and scheduled["sample_fraction"] == 1.0
+
+
+def test_events_to_ingest_a_given_folder_must_hold_some_and_the_landing_folder_may_hold_none(lake, tmp_path, caplog):
+    """A run given a folder of Parquet files (or a typo's neighbour) landed nothing and said nothing of it."""
+    given = tmp_path / "exports"
+    given.mkdir()
+    (given / "day1.parquet").write_bytes(b"PAR1")
+    with pytest.raises(InputError, match="exports: folder holds no events files"):
+        landing_files(str(given))
+    with pytest.raises(InputError, match="no such file or folder"):
+        landing_files(str(tmp_path / "exprots"))
+    (given / "day1.csv").write_text("event_time\n")
+    assert landing_files(str(given)) == [str(given / "day1.csv")]
+    assert "day1.parquet: not an events file" in caplog.text
+    assert landing_files(None) == []  # nothing has arrived in $SHOPLAKE_HOME/landing
+    (lake / "landing").mkdir(parents=True)
+    assert landing_files(None) == []
 
 
 def test_a_failed_task_fails_the_run_though_data_docs_runs_after_it(spark, lake, dagbag):
