@@ -20,6 +20,8 @@ retried first.
 - `plan_run` failed: the parameters do not fit together (the message says which); nothing ran.
 - `ingest` failed: a file is unreadable or not in the events (or catalogue) format; its name is in the log. Nothing
   of that file was committed; clearing the task is safe (files already landed are skipped, a catalogue merges again).
+- `gold` or `knowledge_graph` failed with "silver has no events in the N days up to it": the run's date lies
+  outside the shop's history (a mistyped date, or no events for N days); nothing was written.
 - a `validate_*` task failed: a quality gate stopped publishing. The log names the table, the expectation and
   offending rows; the previously published versions keep serving. Open the Data Docs (`data_docs` task log has the
   link), fix the source, then clear the failed task — every task replaces the partitions of its dates, so reruns

@@ -41,6 +41,7 @@ from shoplake.settings import Settings, get_settings
 from spark_jobs import items
 from spark_jobs.interactions import AsOf, export_matrix, transform_interactions
 from spark_jobs.item_features import transform_category_popular, transform_item_features
+from spark_jobs.silver import check_history_window, event_dates
 from spark_jobs.similarity import (
     transform_baskets,
     transform_cf_recommendations,
@@ -88,8 +89,6 @@ def current_events(
     ``items`` is one current table, so a run for an older date (a backfill) or a trial (sampled users) would set
     an item's category, brand or price back to what its own history last saw. A run for the newest date with
     every user reads nothing more: that is its own ``history``."""
-    from spark_jobs.silver import event_dates
-
     newest = max([*event_dates(), as_of.date])
     if newest == as_of.date and sample_fraction == 1:
         return history
@@ -161,6 +160,7 @@ def run_gold(
     # basket-pair aggregation needs to spill at ten million events.
     if not 0 < sample_fraction <= 1:
         raise ShoplakeError(f"sample fraction must be in (0, 1], got {sample_fraction}")
+    check_history_window("gold", as_of_date, settings.history_days)
     events = read_history(spark, as_of, settings.history_days, sample_fraction)
     with timed(ITEMS.name):
         described = current_events(spark, as_of, events, settings, sample_fraction)

@@ -37,9 +37,10 @@ import shoplake
 from shoplake import storage
 from shoplake.catalog import ITEM_EMBEDDINGS, ITEMS, KG_EDGES, KG_NODES, SILVER_EVENTS
 from shoplake.encoder import ModelSpec, TextEncoder, resolve_device
-from shoplake.errors import DataError, ShoplakeError, TableNotFoundError
+from shoplake.errors import ShoplakeError, TableNotFoundError
 from shoplake.run_metrics import record_metrics
 from shoplake.settings import Settings, get_settings
+from spark_jobs.silver import check_history_window
 
 log = logging.getLogger(__name__)
 VOCABULARY = Path(shoplake.__file__).resolve().parent / "concepts.yaml"
@@ -364,7 +365,7 @@ def run_knowledge_graph(
         raise TableNotFoundError("items is empty: run `shoplake gold` (or land a catalogue) first")
     if storage.table_version(ITEM_EMBEDDINGS) is None:
         raise TableNotFoundError("item_embeddings is empty: run `shoplake embed` first")
-    check_history_window(as_of_date, settings.history_days)
+    check_history_window("knowledge graph", as_of_date, settings.history_days)  # the one current graph: keep it
     items = storage.read_table(spark, ITEMS)
     embeddings = storage.read_table(spark, ITEM_EMBEDDINGS).filter(F.col("model") == spec.name)
 
@@ -442,18 +443,6 @@ def run_knowledge_graph(
     result = GraphResult(node_counts, edge_counts, same_category, versions)
     log.info("knowledge graph: %s", result)
     return result
-
-
-def check_history_window(as_of_date: dt.date, history_days: int) -> None:
-    """Refuse a date whose history window holds none of silver's events: the graph is one current table, and a
-    mistyped date (2030 for 2019) replaced its behaviour edges with none. A shop without events yet is fine."""
-    from spark_jobs.silver import event_dates
-
-    dates = event_dates()
-    first = as_of_date - dt.timedelta(days=history_days - 1)
-    if dates and not any(first <= d <= as_of_date for d in dates):
-        raise DataError(f"knowledge graph as of {as_of_date}: silver has no events in the {history_days} days up "
-                            f"to it (it holds {dates[0]}..{dates[-1]}); the graph keeps its behaviour edges")  # fmt: skip
 
 
 def _history(spark: SparkSession, as_of_date: dt.date, created_at: dt.datetime, settings: Settings) -> DataFrame:

@@ -350,6 +350,17 @@ def event_dates() -> list[dt.date]:
     return sorted(dt.date.fromisoformat(d) for d in dates if d)
 
 
+def check_history_window(stage: str, as_of_date: dt.date, history_days: int) -> None:
+    """Refuse a date whose history window holds none of silver's events: a mistyped date (2030 for 2019) rebuilt
+    the knowledge graph without a behaviour edge, and computed and published gold with no user in it. A shop
+    without events yet is fine."""
+    dates = event_dates()
+    first = as_of_date - dt.timedelta(days=history_days - 1)
+    if dates and not any(first <= d <= as_of_date for d in dates):
+        raise DataError(f"{stage} as of {as_of_date}: silver has no events in the {history_days} days up to it "
+                        f"(it holds {dates[0]}..{dates[-1]}); nothing was written")  # fmt: skip
+
+
 def dates_between(start: dt.date, end: dt.date) -> list[dt.date]:
     if end < start:
         raise ShoplakeError(f"end {end} is before start {start}")

@@ -386,6 +386,16 @@ def test_gold_on_the_sample_agrees_with_the_sql_reference_and_is_identical_when_
     assert coo.agg(F.max("user_index")).first()[0] == first.matrix["users"] - 1
 
 
+def test_a_date_whose_history_holds_no_events_computes_nothing(spark, lake):
+    """A mistyped date (2030 for 2019) computed gold without a user, and its gate published it."""
+    from shoplake.errors import DataError
+
+    storage.write_table(events(spark, [ev(1, "view", 1)]), SILVER_EVENTS, "append", run_id="t")
+    with pytest.raises(DataError, match=r"gold as of 2030-01-01: silver has no events in the 90 days up to it"):
+        gold.run_gold(spark, dt.date(2030, 1, 1), run_id="g", computed_at=AS_OF.computed_at)
+    assert all(storage.table_version(t) is None for t in gold.GOLD_TABLES)
+
+
 def test_a_staged_interaction_matrix_replaces_the_published_one_whole_or_is_dropped(lake):
     settings = get_settings()
     day = dt.date(2019, 10, 1)

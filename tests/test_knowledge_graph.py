@@ -221,12 +221,12 @@ def test_a_run_of_an_older_date_builds_the_graph_as_of_the_newest_silver_date(sp
 def test_a_date_whose_history_holds_no_events_is_refused(spark, lake):
     """A mistyped date (2030 for 2019) rebuilt the one current graph without a single behaviour edge."""
     from shoplake.errors import ShoplakeError
-    from spark_jobs.knowledge_graph import check_history_window
+    from spark_jobs.silver import check_history_window
 
-    check_history_window(dt.date(2030, 1, 1), 90)  # no events yet: a catalogue-only graph is fine
+    check_history_window("knowledge graph", dt.date(2030, 1, 1), 90)  # no events yet: a catalogue-only graph is fine
     storage.write_table(events(spark, [("s1", 1, "view", 1)]), SILVER_EVENTS, "append", run_id="t")
-    check_history_window(DAY + dt.timedelta(days=89), 90)  # DAY is the window's first day
+    check_history_window("knowledge graph", DAY + dt.timedelta(days=89), 90)  # DAY is the window's first day
     refused = r"no events in the 90 days up to it \(it holds 2019-10-01..2019-10-01\)"
     for day in (dt.date(2030, 1, 1), DAY + dt.timedelta(days=90), DAY - dt.timedelta(days=1)):
         with pytest.raises(ShoplakeError, match=refused):
-            check_history_window(day, 90)
+            check_history_window("knowledge graph", day, 90)
