@@ -1,6 +1,6 @@
 """Silver events: the keys every later stage joins on are present, each event is there once, purchases have a
-price, times fall inside the dates the run rebuilt, and the quarantine stays below a ceiling (a sudden jump means
-the shop changed its export, which people must look at before features move).
+price, times fall inside the dates the run rebuilt, the quarantine stays below a ceiling (a sudden jump means
+the shop changed its export, which people must look at before features move), and the dates hold some event.
 
 Silver is the biggest table a gate reads, so its audit is built for one pass per metric without caching the table:
 uniqueness of ``event_id`` (a shuffle) is decided once by a group-by in ``prepare``, and every row is marked by a
@@ -31,6 +31,9 @@ suite = gx.ExpectationSuite(
         gxe.ExpectColumnPairValuesAToBeGreaterThanB(
             column_A="quarantine_ceiling", column_B="quarantine_share", or_equal=True
         ),
+        # Every rule above reads rows: on none they all pass. A run whose every row was quarantined (a shop that
+        # changed its time format) passed the quarantine ceiling too, and gold then moved without it.
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
     ],
 )
 

@@ -107,6 +107,7 @@ DEFECTS = [
     ("silver", "unknown type", lambda r: set_value(r, 0, "event_type", "click", S), ("expect_column_values_to_be_in_set", "event_type")),
     ("silver", "free purchase", lambda r: set_value(r, 1, "price", 0.0, S), ("expect_column_values_to_be_in_set", "purchase_has_price")),
     ("silver", "time outside the run", lambda r: set_value(r, 0, "event_time", dt.datetime(2019, 10, 2, 1), S), ("expect_column_values_to_be_in_set", "inside_run_window")),
+    ("silver", "every row quarantined", lambda r: [], ("expect_table_row_count_to_be_between", None)),
     ("interactions", "user missing", lambda r: set_value(r, 0, "user_id", None, IA), ("expect_column_values_to_not_be_null", "user_id")),
     ("interactions", "item missing", lambda r: set_value(r, 0, "item_id", None, IA), ("expect_column_values_to_not_be_null", "item_id")),
     *(("interactions", f"negative {c}", lambda r, c=c: set_value(r, 0, c, -1, IA), ("expect_column_values_to_be_between", c))
