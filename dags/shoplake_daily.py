@@ -20,6 +20,9 @@ retried first.
 - `plan_run` failed: the parameters do not fit together (the message says which); nothing ran.
 - `ingest` failed: a file is unreadable or not in the events (or catalogue) format; its name is in the log. Nothing
   of that file was committed; clearing the task is safe (files already landed are skipped, a catalogue merges again).
+- `silver` failed with "hold no event with a readable time": every row of the files just landed was unreadable
+  (most often a changed time format); the next silver run quarantines them with the reason. Fix the export and
+  land it again.
 - `gold` or `knowledge_graph` failed with "silver has no events in the N days up to it": the run's date lies
   outside the shop's history (a mistyped date, or no events for N days); nothing was written.
 - a `validate_*` task failed: a quality gate stopped publishing. The log names the table, the expectation and
@@ -123,7 +126,9 @@ def shoplake_daily() -> None:
         from shoplake.orchestration import plan_run as plan
 
         context = get_current_context()
-        return plan(context["params"], context.get("logical_date"), context["run_id"])
+        # a manual run's logical date is only when someone pressed Trigger: it processes the dates it lands
+        manual = context["dag_run"].run_type == "manual"
+        return plan(context["params"], None if manual else context.get("logical_date"), context["run_id"])
 
     @stage_task(**TRANSIENT)
     def ingest(plan: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +154,7 @@ def shoplake_daily() -> None:
         if plan["full_refresh"]:
             dates = orchestration.bronze_dates()
         else:
-            dates = sorted({_day(d) for d in (plan["dates"] or []) + landed["new_dates"]})
+            dates = orchestration.silver_dates(plan["dates"] or [], landed)
         if not dates:
             print("silver: no dates to process (no date given and no new files landed)")
             return {}

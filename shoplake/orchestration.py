@@ -96,6 +96,19 @@ def bronze_dates() -> list[dt.date]:
     )
 
 
+def silver_dates(given: Sequence[str], landed: Mapping[str, Any]) -> list[dt.date]:
+    """The dates silver rebuilds: those asked for and those of the files ``ingest`` just landed. Landed rows of
+    which none has a readable time are a data error: silver would have no date to rebuild, and the run would go on
+    serving yesterday's features as if the files were fine."""
+    dates = sorted({dt.date.fromisoformat(d) for d in (*given, *landed.get("new_dates", []))})
+    if not dates and landed.get("rows"):
+        raise DataError(
+            f"the {landed['rows']:,} rows landed now hold no event with a readable time (a changed time format?); "
+            "nothing was built — the next silver run quarantines them (quarantine_events says why)"
+        )
+    return dates
+
+
 def ingest(event_paths: Sequence[str], items_path: str | None, run_id: str) -> Step:
     """Land the events files (a file already landed is skipped) and, optionally, a catalogue (with or without
     events: a shop's catalogue changes on its own schedule). The catalogue is checked before any events land and

@@ -12,8 +12,8 @@ import pytest
 
 from shoplake import storage
 from shoplake.airflow_setup import DAGS_FOLDER, POOLS, ensure_pools
-from shoplake.errors import InputError, ShoplakeError
-from shoplake.orchestration import landing_files, plan_run
+from shoplake.errors import DataError, InputError, ShoplakeError
+from shoplake.orchestration import landing_files, plan_run, silver_dates
 from tests.conftest import SAMPLE_EVENTS
 
 NEVER_RETRIED = {"plan_run", "fail_the_run_if_a_task_failed"}
@@ -174,6 +174,29 @@ def test_bad_input_fails_its_task_at_once_without_retries(spark, lake, dagbag, t
     run = run_daily({"events": str(semicolons), "date": "2019-10-01"})
     ingest = run.get_task_instance("ingest")
     assert (ingest.state, ingest.try_number) == ("failed", 1)
+    assert run.state == DagRunState.FAILED
+
+
+def test_files_whose_every_time_is_unreadable_fail_silver_instead_of_being_skipped(spark, lake, dagbag, tmp_path):
+    """A shop that switched to US-format times: ingest landed the rows with no date, silver found no date to rebuild
+    and said so, and gold went on with yesterday's silver as though the file were fine."""
+    from airflow.utils.state import DagRunState
+
+    us_times = tmp_path / "events.csv"
+    us_times.write_text(
+        "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+        "10/01/2019 00:00:00,view,1,2,,,1.0,3,s1\n10/01/2019 00:01:00,view,4,2,,,1.0,3,s1\n"
+    )
+    with pytest.raises(DataError, match="the 2 rows landed now hold no event with a readable time"):
+        silver_dates([], {"rows": 2, "new_dates": []})
+    assert silver_dates(["2019-10-02"], {"rows": 2, "new_dates": ["2019-10-01"]}) == [
+        dt.date(2019, 10, 1),
+        dt.date(2019, 10, 2),
+    ]
+    run = run_daily({"events": str(us_times)})  # manual, without a date: the files' dates, of which there are none
+    silver, gold = run.get_task_instance("silver"), run.get_task_instance("gold")
+    assert (silver.state, silver.try_number) == ("failed", 1)
+    assert gold.state == "upstream_failed"
     assert run.state == DagRunState.FAILED
 
 
