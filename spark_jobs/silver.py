@@ -266,10 +266,32 @@ def transform_silver(kept: DataFrame, files: DataFrame, rules: SilverRules, proc
     return events.withColumn("processed_at", F.lit(processed_at).cast("timestamp")).select(*SILVER_EVENTS.columns)
 
 
-def read_bronze_scope(spark: SparkSession, dates: Sequence[dt.date]) -> DataFrame:
-    """Bronze rows of the given dates, and every undated row (time unparseable), which only quarantine takes."""
+def transform_scope(bronze: DataFrame, quarantined_before: DataFrame, dates: Sequence[dt.date]) -> DataFrame:
+    """Bronze rows of ``dates``, and the undated rows (no readable time: only quarantine takes them) that belong
+    with them: those of files holding some of these dates, and those no other run has quarantined (a file without
+    one readable time). An undated row that every run took weighed on every day's quarantine share, so one bad
+    file failed each later day's gate. ``quarantined_before``: the keys of undated rows other runs quarantined."""
+    dated = bronze.filter(F.col("event_date").isin(list(dates)))
+    files = dated.select("file_checksum").distinct().withColumn("_of_dated_file", F.lit(True))
+    earlier = quarantined_before.select("file_checksum", "line_number").withColumn("_quarantined", F.lit(True))
+    undated = (
+        bronze.filter(F.col("event_date").isNull())
+        .join(F.broadcast(files), "file_checksum", "left")
+        .join(earlier, ["file_checksum", "line_number"], "left")
+        .filter(F.col("_of_dated_file").isNotNull() | F.col("_quarantined").isNull())
+    )
+    return dated.unionByName(undated.select(*bronze.columns))
+
+
+def read_bronze_scope(spark: SparkSession, dates: Sequence[dt.date], run_id: str) -> DataFrame:
+    """The bronze rows a silver run for ``dates`` classifies (``transform_scope``). Rows that an earlier try of
+    the same run quarantined stay in its scope, so a retry reaches the verdict the first try did."""
     bronze = storage.read_table(spark, BRONZE_EVENTS)
-    return bronze.filter(F.col("event_date").isin(list(dates)) | F.col("event_date").isNull())
+    keys = bronze.select("file_checksum", "line_number").limit(0)
+    if storage.table_version(QUARANTINE_EVENTS) is not None:
+        quarantine = storage.read_table(spark, QUARANTINE_EVENTS)
+        keys = quarantine.filter(F.col("event_date").isNull() & (F.col("run_id") != run_id))
+    return transform_scope(bronze, keys, dates)
 
 
 def run_silver(
@@ -285,7 +307,7 @@ def run_silver(
         raise ShoplakeError("silver needs at least one date to process")
     rules = rules or SilverRules.from_settings(get_settings())
     dates = tuple(sorted(set(dates)))
-    scope = read_bronze_scope(spark, dates)
+    scope = read_bronze_scope(spark, dates, run_id)
     typed = transform_type(scope, rules)
     files = transform_landed_files(scope)
     # Bronze is read once: the cached classification holds the quarantined rows' raw fields too. Its rows are

@@ -33,8 +33,8 @@ def land(spark, tmp_path, name, lines, run_id="r"):
     return bronze.land_event_files(spark, [str(path)], run_id=run_id, ingested_at=INGESTED)
 
 
-def run(spark, dates=(D1,), rules=None):
-    return silver.run_silver(spark, list(dates), run_id="s", processed_at=PROCESSED, rules=rules)
+def run(spark, dates=(D1,), rules=None, run_id="s"):
+    return silver.run_silver(spark, list(dates), run_id=run_id, processed_at=PROCESSED, rules=rules)
 
 
 def silver_rows(spark):
@@ -256,6 +256,29 @@ def test_a_date_without_events_and_a_date_of_only_bad_rows_reconcile(spark, lake
     assert (only_bad.bronze_rows, only_bad.counts["quarantined"], only_bad.counts["kept"]) == (2, 2, 0)
     empty = run(spark, dates=(dt.date(2019, 11, 5),))  # nothing landed for that date
     assert (empty.bronze_rows, sum(empty.counts.values())) == (0, 0)
+
+
+def test_a_row_without_a_readable_time_counts_with_its_file_s_dates_or_else_once(spark, lake, tmp_path):
+    """Undated rows were in every run's scope: one file of unreadable times weighed on each later day's quarantine
+    share, and a big one failed every later day's gate."""
+    land(spark, tmp_path, "d1.csv", [event("2019-10-01 10:00:00"), event("not a time")])
+    land(spark, tmp_path, "d2.csv", [event("2019-10-02 10:00:00", product="200")])
+    assert run(spark, dates=(D1,), run_id="a").bronze_rows == 2
+    assert run(spark, dates=(D2,), run_id="b").bronze_rows == 1
+    assert run(spark, dates=(D1,), run_id="c").bronze_rows == 2  # its file's date, rebuilt: counted as before
+    land(spark, tmp_path, "changed-format.csv", [event("Oct 2 2019 10h"), event("Oct 2 2019 11h")])
+    first = run(spark, dates=(D2,), run_id="d")
+    assert (first.bronze_rows, first.counts["quarantined"]) == (3, 2)
+    retry = run(spark, dates=(D2,), run_id="d")  # the same run again reaches the same verdict
+    assert (retry.bronze_rows, retry.counts["quarantined"]) == (3, 2)
+    assert run(spark, dates=(D2,), run_id="e").counts == {
+        "kept": 1,
+        "exact_duplicate": 0,
+        "collapsed": 0,
+        "quarantined": 0,
+    }
+    reasons = storage.read_table(spark, "quarantine_events").groupBy("reason").count().collect()
+    assert {r.reason: r["count"] for r in reasons} == {"unparseable_time": 3}
 
 
 def test_reconciliation_fails_loudly_when_rows_go_missing():
