@@ -2,7 +2,9 @@
 and gold to a cluster when ``SHOPLAKE_SPARK_SUBMIT=true`` (the default runs them in the task's own local session).
 
 pyspark ships ``bin/spark-submit``; the job's stdout and stderr go to the log line by line, so an Airflow task log
-shows the driver's progress, and a non-zero exit is an error that carries the last lines of output.
+shows the driver's progress, and a non-zero exit is an error that carries the last lines of output. A job that
+stops on an error of its data (``DataError``) exits with ``DATA_ERROR_EXIT``, and the error comes back as a
+``DataError``, which Airflow does not retry — it would fail the same way.
 """
 
 from __future__ import annotations
@@ -11,15 +13,27 @@ import logging
 import os
 import subprocess
 import sys
+import traceback
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from shoplake.errors import ShoplakeError
+from shoplake.errors import DataError, ShoplakeError
 from shoplake.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 JOBS = Path(__file__).resolve().parent.parent / "spark_jobs"
+DATA_ERROR_EXIT = 65  # sysexits.h's EX_DATAERR
+
+
+def run_as_job(main: Callable[[], None]) -> None:
+    """A ``spark_jobs`` module's entry point: an error of the data exits with ``DATA_ERROR_EXIT`` (traceback
+    printed), so that ``submit_job`` can tell it from a failure of the cluster."""
+    try:
+        main()
+    except DataError:
+        traceback.print_exc()
+        sys.exit(DATA_ERROR_EXIT)
 
 
 def spark_submit_path() -> Path:
@@ -59,6 +73,8 @@ def submit_job(
             stdout.append(line)
             tail.append(line)
         code = process.wait(timeout=timeout_seconds)
+    if code == DATA_ERROR_EXIT:
+        raise DataError(f"spark-submit {job}: the job's data is at fault; last lines:\n" + "\n".join(tail))
     if code != 0:
         raise ShoplakeError(f"spark-submit {job} exited with {code}; last lines:\n" + "\n".join(tail))
     return "\n".join(stdout)

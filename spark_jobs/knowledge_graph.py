@@ -478,4 +478,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from shoplake.spark_submit import run_as_job
+
+    run_as_job(main)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from shoplake import storage
+from shoplake.errors import DataError
 from shoplake.spark_submit import submit_job
 from spark_jobs import bronze
 from tests.conftest import SAMPLE_EVENTS
@@ -90,3 +91,6 @@ def test_silver_and_gold_run_on_a_standalone_cluster(spark, lake, standalone_clu
     with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=5) as response:
         finished = [app["name"] for app in json.load(response)["completedapps"]]
     assert sorted(finished) == ["gold", "silver"]  # both ran on the cluster's executors, not in local mode
+    # an error of the data comes back as one (Airflow fails the task without retries), not as a failed submit
+    with pytest.raises(DataError, match="silver has no events in the 90 days up to it"):
+        spark_submit(master, "gold", "--date", "2030-01-01", "--run-id", "cluster", home=lake)
