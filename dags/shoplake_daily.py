@@ -40,13 +40,12 @@ retried first.
 from __future__ import annotations
 
 import datetime as dt
-import functools
-from collections.abc import Callable
 from typing import Any
 
 import pendulum
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
+from shoplake.airflow_tasks import stage_task
 from shoplake.orchestration import FEATURES_ONLINE_URI
 from shoplake.settings import get_settings
 
@@ -60,27 +59,6 @@ CRON = get_settings().daily_schedule_or_none
 # 2019-10-02 00:00 and processes 2019-10-01. A plain cron string would, in Airflow 3, start the run at 00:00 with
 # the day that has just begun as its logical date.
 SCHEDULE = CronDataIntervalTimetable(CRON, timezone="UTC") if CRON else None
-
-
-def stage_task(**task_args: Any) -> Callable[[Callable[..., Any]], Any]:
-    """``@task`` whose data errors fail at once: bad input or a failed gate fails the same way on every retry, so
-    only a service's errors (a write conflict, an unreachable store, a lost Spark executor) are retried."""
-
-    def decorate(function: Callable[..., Any]) -> Any:
-        @functools.wraps(function)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            from airflow.sdk.exceptions import AirflowFailException
-
-            from shoplake.errors import DataError
-
-            try:
-                return function(*args, **kwargs)
-            except DataError as error:
-                raise AirflowFailException(f"{type(error).__name__}: {error} (not retried: fix the data)") from error
-
-        return task(**task_args)(run)
-
-    return decorate
 
 
 def _day(value: str) -> dt.date:

@@ -7,7 +7,7 @@ the marketing report — segment sizes, revenue share, RFM grid, category affini
 Parquet and CSV under `$SHOPLAKE_HOME/reports/marketing/`.
 
 **Triage a failure**: the log names what is missing. "user_features is empty": the daily DAG has not published
-yet. A feature-store error: the registry or online store is unreachable (retried) — fix it and clear the task; the
+yet (not retried). A feature-store error: the registry or online store is unreachable (retried) — fix it and clear the task; the
 report is rebuilt whole, so a rerun is safe.
 """
 
@@ -17,8 +17,9 @@ import datetime as dt
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, dag
 
+from shoplake.airflow_tasks import stage_task
 from shoplake.orchestration import FEATURES_ONLINE_URI
 
 
@@ -33,7 +34,7 @@ from shoplake.orchestration import FEATURES_ONLINE_URI
     default_args={"owner": "shoplake", "retries": 2, "retry_delay": dt.timedelta(seconds=30)},
 )
 def shoplake_marketing() -> None:
-    @task
+    @stage_task()
     def marketing_report() -> dict[str, Any]:
         from shoplake import orchestration
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shoplake.errors import ShoplakeError
+from shoplake.errors import DataError
 from shoplake.files import replace_folder
 from shoplake.settings import Settings, get_settings
 
@@ -48,10 +48,13 @@ def read_service(spark: SparkSession, settings: Settings) -> tuple[pd.DataFrame,
     from shoplake.catalog import USER_FEATURES
     from shoplake.feature_store import get_store, historical_features
 
+    empty = DataError("user_features is empty: run the pipeline before the marketing report")
     if storage.table_version(USER_FEATURES) is None:
-        raise ShoplakeError("user_features is empty: run the pipeline before the marketing report")
+        raise empty
     users = storage.read_table(spark, USER_FEATURES)
     latest = users.agg(F.max("event_timestamp")).collect()[0][0]
+    if latest is None:
+        raise empty
     ids = [r.user_id for r in users.filter(F.col("event_timestamp") == latest).select("user_id").collect()]
     at = pd.Timestamp(latest, tz="UTC")
     store = get_store(settings)

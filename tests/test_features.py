@@ -486,6 +486,11 @@ def test_an_empty_lake_publishes_nothing_and_an_unpublished_store_says_so(spark,
         recommend(feature_store.get_store(), 7, 5)
     with pytest.raises(ShoplakeError, match="nothing to publish: gold has not been computed yet"):
         feature_store.publish(spark)
+    from shoplake.errors import DataError
+    from shoplake.marketing import build_report
+
+    with pytest.raises(DataError, match="user_features is empty"):  # the marketing DAG fails it without retries
+        build_report(spark)
 
 
 def test_the_marketing_report_reads_the_feature_service(spark, lake):
