@@ -25,6 +25,9 @@ retried first.
   land it again.
 - `gold` or `knowledge_graph` failed with "silver has no events in the N days up to it": the run's date lies
   outside the shop's history (a mistyped date, or no events for N days); nothing was written.
+- `validate_silver` failed on `expect_table_row_count_to_be_between`: silver kept no event for the run's dates —
+  the day's file has not arrived (land it; the next run picks it up, or clear this run) or every row was
+  quarantined (`quarantine_events` says why).
 - a `validate_*` task failed: a quality gate stopped publishing. The log names the table, the expectation and
   offending rows; the previously published versions keep serving. Open the Data Docs (`data_docs` task log has the
   link), fix the source, then clear the failed task — every task replaces the partitions of its dates, so reruns
