@@ -7,8 +7,8 @@ the marketing report — segment sizes, revenue share, RFM grid, category affini
 Parquet and CSV under `$SHOPLAKE_HOME/reports/marketing/`.
 
 **Triage a failure**: the log names what is missing. "user_features is empty": the daily DAG has not published
-yet (not retried). A feature-store error: the registry or online store is unreachable (retried) — fix it and clear the task; the
-report is rebuilt whole, so a rerun is safe.
+yet (not retried). A feature-store error: the registry or online store is unreachable (retried) — fix it and clear
+the task; the report is rebuilt whole, so a rerun is safe.
 """
 
 from __future__ import annotations
