@@ -266,32 +266,39 @@ def transform_silver(kept: DataFrame, files: DataFrame, rules: SilverRules, proc
     return events.withColumn("processed_at", F.lit(processed_at).cast("timestamp")).select(*SILVER_EVENTS.columns)
 
 
-def transform_scope(bronze: DataFrame, quarantined_before: DataFrame, dates: Sequence[dt.date]) -> DataFrame:
-    """Bronze rows of ``dates``, and the undated rows (no readable time: only quarantine takes them) that belong
-    with them: those of files holding some of these dates, and those no other run has quarantined (a file without
+def transform_undated_in_scope(
+    undated: DataFrame, files_of_dates: Sequence[str], quarantined_before: DataFrame
+) -> DataFrame:
+    """The bronze rows without a date (no readable time: only quarantine takes them) that a run for some dates
+    classifies: those of files holding some of these dates, and those no other run has quarantined (a file without
     one readable time). An undated row that every run took weighed on every day's quarantine share, so one bad
     file failed each later day's gate. ``quarantined_before``: the keys of undated rows other runs quarantined."""
-    dated = bronze.filter(F.col("event_date").isin(list(dates)))
-    files = dated.select("file_checksum").distinct().withColumn("_of_dated_file", F.lit(True))
     earlier = quarantined_before.select("file_checksum", "line_number").withColumn("_quarantined", F.lit(True))
-    undated = (
-        bronze.filter(F.col("event_date").isNull())
-        .join(F.broadcast(files), "file_checksum", "left")
-        .join(earlier, ["file_checksum", "line_number"], "left")
-        .filter(F.col("_of_dated_file").isNotNull() | F.col("_quarantined").isNull())
+    return (
+        undated.join(earlier, ["file_checksum", "line_number"], "left")
+        .filter(F.col("file_checksum").isin(list(files_of_dates)) | F.col("_quarantined").isNull())
+        .drop("_quarantined")
     )
-    return dated.unionByName(undated.select(*bronze.columns))
 
 
 def read_bronze_scope(spark: SparkSession, dates: Sequence[dt.date], run_id: str) -> DataFrame:
-    """The bronze rows a silver run for ``dates`` classifies (``transform_scope``). Rows that an earlier try of
-    the same run quarantined stay in its scope, so a retry reaches the verdict the first try did."""
+    """The bronze rows a silver run for ``dates`` classifies: those of the dates, and the undated rows that go with
+    them (``transform_undated_in_scope``; rows that an earlier try of the same run quarantined stay in its scope,
+    so a retry reaches the verdict the first try did). Bronze's log says whether it holds undated rows at all;
+    usually it does not, and only the dates' partitions are read."""
     bronze = storage.read_table(spark, BRONZE_EVENTS)
-    keys = bronze.select("file_checksum", "line_number").limit(0)
+    dated = bronze.filter(F.col("event_date").isin(list(dates)))
+    if all(p["event_date"] is not None for p in storage.partition_values(BRONZE_EVENTS)):
+        return dated
+    undated = bronze.filter(F.col("event_date").isNull())
+    undated_files = [r.file_checksum for r in undated.select("file_checksum").distinct().collect()]  # a few
+    files_of_dates = dated.filter(F.col("file_checksum").isin(undated_files)).select("file_checksum").distinct()
+    quarantined_before = bronze.select("file_checksum", "line_number").limit(0)
     if storage.table_version(QUARANTINE_EVENTS) is not None:
         quarantine = storage.read_table(spark, QUARANTINE_EVENTS)
-        keys = quarantine.filter(F.col("event_date").isNull() & (F.col("run_id") != run_id))
-    return transform_scope(bronze, keys, dates)
+        quarantined_before = quarantine.filter(F.col("event_date").isNull() & (F.col("run_id") != run_id))
+    files = [r.file_checksum for r in files_of_dates.collect()]
+    return dated.unionByName(transform_undated_in_scope(undated, files, quarantined_before))
 
 
 def run_silver(
