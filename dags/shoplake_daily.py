@@ -85,7 +85,7 @@ def _skipped(plan: dict[str, Any], stage: str) -> bool:
     doc_md=__doc__,
     default_args={"owner": "shoplake", "retries": 1, "retry_delay": dt.timedelta(seconds=30)},
     params={
-        "date": Param(None, **DATE, description="Run date (YYYY-MM-DD); default: the data interval's date."),
+        "date": Param(None, **DATE, description="Run date (YYYY-MM-DD); default: a scheduled run's interval date, a manual run's files' dates."),
         "start": Param(None, **DATE, description="First date of a range (silver rebuilt; gold as of end)."),
         "end": Param(None, **DATE, description="Last date of a range (default: start)."),
         "full_refresh": Param(False, type="boolean", description="Rebuild silver for every date; re-embed all."),
