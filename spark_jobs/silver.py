@@ -292,13 +292,13 @@ def read_bronze_scope(spark: SparkSession, dates: Sequence[dt.date], run_id: str
         return dated
     undated = bronze.filter(F.col("event_date").isNull())
     undated_files = [r.file_checksum for r in undated.select("file_checksum").distinct().collect()]  # a few
-    files_of_dates = dated.filter(F.col("file_checksum").isin(undated_files)).select("file_checksum").distinct()
+    of_dates = dated.filter(F.col("file_checksum").isin(undated_files)).select("file_checksum").distinct()
+    files_of_dates = [r.file_checksum for r in of_dates.collect()]
     quarantined_before = bronze.select("file_checksum", "line_number").limit(0)
     if storage.table_version(QUARANTINE_EVENTS) is not None:
         quarantine = storage.read_table(spark, QUARANTINE_EVENTS)
         quarantined_before = quarantine.filter(F.col("event_date").isNull() & (F.col("run_id") != run_id))
-    files = [r.file_checksum for r in files_of_dates.collect()]
-    return dated.unionByName(transform_undated_in_scope(undated, files, quarantined_before))
+    return dated.unionByName(transform_undated_in_scope(undated, files_of_dates, quarantined_before))
 
 
 def run_silver(
