@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from shoplake.errors import ShoplakeError
+from shoplake.errors import DataError, ShoplakeError
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -364,7 +364,10 @@ def pipeline(
     run_id = run_id or new_run_id("pipeline")
     dates = _ingest(events, items, run_id)
     if not dates:
-        raise ShoplakeError("the given files hold no event with a readable time; see quarantine_events")
+        raise DataError(
+            "the given files hold no event with a readable time (a changed time format?); nothing was built — "
+            "the next silver run quarantines their rows (quarantine_events says why)"
+        )
     _silver(dates, run_id)
     as_of = date.date() if date else _latest_silver_date()
     _gold(as_of, run_id)

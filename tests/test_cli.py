@@ -166,3 +166,12 @@ def test_bad_input_exits_non_zero_with_one_clear_line(spark, lake, tmp_path):
     for command in ("vacuum", "optimize"):  # an empty lake: said, not a silent exit 0
         result = runner.invoke(app, [command])
         assert result.exit_code == 2 and "no table has been written yet in " in result.output
+    us_times = tmp_path / "us_times.csv"  # every time unreadable: landed (quarantined later), nothing built
+    us_times.write_text(
+        "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+        "10/01/2019 00:00:00,view,1,2,,,1.0,3,s1\n"
+    )
+    result = runner.invoke(app, ["pipeline", "--events", str(us_times)])
+    assert result.exit_code == 2, result.output
+    assert "the given files hold no event with a readable time (a changed time format?)" in result.output
+    assert storage.table_version("bronze_events") is not None and storage.table_version("silver_events") is None
