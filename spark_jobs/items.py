@@ -65,24 +65,30 @@ def transform_catalog(raw: DataFrame, updated_at: dt.datetime) -> DataFrame:
 
 
 def check_catalog(raw: DataFrame, items: DataFrame, path: str) -> None:
-    bad_ids = raw.filter(F.col("item_id").isNull() | F.col("item_id").try_cast("long").isNull())
-    _refuse_rows(bad_ids, "item_id", path, "an item_id that is not an integer")
+    """Refuse the catalogue if any row breaks a rule. A good catalogue costs one pass over the file (every rule
+    counted in one aggregation, five passes before); only a refused one is read again, for examples."""
     price = F.lower(blank_to_null("price"))  # "12,50" or "€5" would otherwise land as no price at all
-    bad_prices = raw.filter(price.isNotNull() & ~price.isin(*MISSING_MARKERS) & finite_number("price").isNull())
-    missing = f" (a missing price is empty or one of {', '.join(MISSING_MARKERS)})"
-    _refuse_rows(bad_prices, "price", path, "a price that is not a finite number", missing)
-    _refuse_rows(raw.filter(finite_number("price") < 0), "price", path, "a negative price")
-    repeated = items.groupBy("item_id").count().filter(F.col("count") > 1)
-    examples = [r.item_id for r in repeated.limit(MAX_EXAMPLES).collect()]
-    if examples:
+    rules = [
+        ("item_id", "an item_id that is not an integer", "", F.col("item_id").try_cast("long").isNull()),
+        ("price", "a price that is not a finite number",
+         f" (a missing price is empty or one of {', '.join(MISSING_MARKERS)})",
+         price.isNotNull() & ~price.isin(*MISSING_MARKERS) & finite_number("price").isNull()),
+        ("price", "a negative price", "", finite_number("price") < 0),
+    ]  # fmt: skip
+    counts = raw.agg(
+        *(F.count_if(rule).alias(f"rule_{i}") for i, (*_, rule) in enumerate(rules)),
+        F.count(F.col("item_id").try_cast("long")).alias("ids"),
+        F.count_distinct(F.col("item_id").try_cast("long")).alias("distinct_ids"),
+    ).first()
+    assert counts is not None  # a global aggregation always has its one row
+    for i, (column, what, hint, rule) in enumerate(rules):
+        if counts[f"rule_{i}"]:
+            examples = [r[column] for r in raw.filter(rule).limit(MAX_EXAMPLES).collect()]
+            raise InputError(f"{path}: {counts[f'rule_{i}']} catalogue rows have {what}, e.g. {examples}{hint}")
+    if counts["ids"] != counts["distinct_ids"]:
+        repeated = items.groupBy("item_id").count().filter(F.col("count") > 1)
+        examples = [r.item_id for r in repeated.limit(MAX_EXAMPLES).collect()]
         raise InputError(f"{path}: item_id given more than once, e.g. {examples}")
-
-
-def _refuse_rows(bad: DataFrame, column: str, path: str, what: str, hint: str = "") -> None:
-    """Refuse the catalogue when ``bad`` holds any row: how many, and a few of their ``column`` values."""
-    examples = [r[column] for r in bad.limit(MAX_EXAMPLES).collect()]
-    if examples:
-        raise InputError(f"{path}: {bad.count()} catalogue rows have {what}, e.g. {examples}{hint}")
 
 
 def prepare_catalog(spark: SparkSession, path: str, updated_at: dt.datetime) -> DataFrame:
