@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -172,11 +173,14 @@ def read_table(spark: SparkSession, table: str | TableSpec, version: int | None 
     )
 
 
-def read_arrow(table: str | TableSpec, columns: Sequence[str], version: int | None = None) -> pa.Table:
+def read_arrow(
+    table: str | TableSpec, columns: Sequence[str], version: int | None = None, where: pc.Expression | None = None
+) -> pa.Table:
     """Columns of a table's snapshot as Arrow, read on this machine by ``deltalake`` (no Spark job): for writers
-    that run on the driver anyway, such as publishing to an online store."""
+    that run on the driver anyway, such as publishing to an online store. Only the rows ``where`` holds are read:
+    files whose partition values or statistics rule them out are skipped."""
     delta = _written_snapshot(get_table(table), version)
-    return delta.to_pyarrow_dataset().to_table(columns=list(columns))
+    return delta.to_pyarrow_dataset().to_table(columns=list(columns), filter=where)
 
 
 def table_version(table: str | TableSpec) -> int | None:
