@@ -167,6 +167,50 @@ def test_feast_reads_a_tables_delta_snapshot_not_the_files_it_replaced(spark, la
     assert got["user_profile__segment"].tolist() == ["loyal"]
 
 
+def test_feast_reads_only_the_rows_and_columns_each_job_keeps(spark, lake, monkeypatch):
+    """Feast's file store read every gold date a source ever held, for each view, and only then kept a window:
+    publishing and training sets grew with the shop's history. Each read now takes only what the job keeps."""
+    from feast.infra.offline_stores import dask as feast_dask
+
+    write_gold(
+        spark, [user_row(7, d, f"day {d}") for d in (1, 2, 3)] + [user_row(8, 1, "loyal")], [item_row(10, 1, 5.0)]
+    )
+    feature_store.publish(spark)  # the first publish: every date, into an empty online store
+    store = feature_store.get_store()
+    reads: list[tuple[str, pd.DataFrame]] = []
+    read = feast_dask._read_datasource
+
+    def recording(source, repo_path):
+        frame = read(source, repo_path)
+        reads.append((source.name, frame.compute()))
+        return frame
+
+    monkeypatch.setattr(feast_dask, "_read_datasource", recording)
+    feature_store.publish(spark)  # the newest date again: its rows, the view's columns
+    profile = [f.name for f in store.get_feature_view("user_profile").features]
+    users = [frame for name, frame in reads if name == "user_features_source"]
+    assert users and all(set(f["event_timestamp"]) == {pd.Timestamp(end_of(3), tz="UTC")} for f in users)
+    assert any(set(f.columns) == {"user_id", "event_timestamp", *profile} for f in users)
+
+    reads.clear()  # a training view an hour into day 3 (end of day 2): user_profile's 3-day TTL reaches day 1
+    views = pd.DataFrame({"user_id": [7, 8], "event_timestamp": [end_of(2) + dt.timedelta(hours=1)] * 2})
+    got = feature_store.historical_features(spark, store, views, ["user_profile:segment"])
+    assert got["user_profile__segment"].tolist() == ["day 2", "loyal"]
+    read_times = {t for _, f in reads for t in f["event_timestamp"]}
+    assert read_times == {pd.Timestamp(end_of(d), tz="UTC") for d in (1, 2)}  # never day 3, after the views
+    assert set(reads[0][1].columns) == {"user_id", "event_timestamp", *profile}
+    too_late = views.assign(event_timestamp=end_of(9))  # beyond every row's TTL: nothing read, null features
+    assert feature_store.historical_features(spark, store, too_late, ["user_profile:segment"])[
+        "user_profile__segment"
+    ].tolist() == [None, None]
+
+    from shoplake.delta_offline_store import historical_reads
+
+    no_expiry = historical_reads([store.get_feature_view("item_embedding")], views.assign(item_id=10))
+    assert no_expiry["item_embeddings_source"].since is None  # an embedding has no TTL: every earlier row counts
+    assert historical_reads([store.get_feature_view("user_profile")], None) == {}  # no entity rows: a whole read
+
+
 def test_the_writers_packed_lists_are_the_bytes_protobuf_serializes():
     """Float and double lists framed from Arrow's buffer equal ``ValueProto.SerializeToString`` — null, empty,
     one-element and long lists (multi-byte length prefixes), in a sliced batch as ``write_views`` reads them."""
