@@ -15,12 +15,14 @@ Run: ``python -m bench.feature_serving --users 20000 --items 50000 --calls 1000`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,22 +32,25 @@ from bench.common import RESULTS
 AT = dt.datetime(2026, 1, 1)
 
 
-def write_gold(spark, users: int, items: int, dim: int) -> None:
-    """Synthetic gold tables of the given size, one feature date."""
+def write_gold(spark, users: int, items: int, dim: int, days: int = 1) -> None:
+    """Synthetic gold tables of the given size: every user and item on each of ``days`` feature dates from
+    2019-10-01 (embeddings once)."""
     from pyspark.sql import functions as F
 
     from shoplake import storage
     from shoplake.catalog import ITEM_EMBEDDINGS, ITEM_FEATURES, ITEM_NEIGHBORS, USER_FEATURES, USER_ITEMS
 
-    day, end = dt.date(2019, 10, 1), dt.datetime(2019, 10, 2)
-    stamp = [F.lit(end).alias("event_timestamp"), F.lit(AT).alias("created_timestamp"), F.lit(day).alias("as_of_date")]
+    day = F.date_add(F.lit(dt.date(2019, 10, 1)), F.col("_day").cast("int"))
+    stamp = [F.date_add(day, 1).cast("timestamp").alias("event_timestamp"), F.lit(AT).alias("created_timestamp"),
+             day.alias("as_of_date")]  # fmt: skip
+    dates = spark.range(days).withColumnRenamed("id", "_day")
 
     def fill(spec, df):
         present = set(df.columns)
         return df.select(*[F.col(c) if c in present else F.lit(None).cast(spec.schema[c].dataType).alias(c)
                            for c in spec.columns])  # fmt: skip
 
-    u = spark.range(users).withColumnRenamed("id", "user_id")
+    u = spark.range(users).withColumnRenamed("id", "user_id").crossJoin(dates)
     storage.write_table(fill(USER_FEATURES, u.select("user_id", F.lit("loyal").alias("segment"),
         (F.col("user_id") % 5 + 1).cast("int").alias("r_score"), F.array(F.lit("kids.toys")).alias("top_categories"),
         F.array(F.lit(1.0)).alias("top_category_shares"), *stamp)), USER_FEATURES, "overwrite", run_id="b")  # fmt: skip
@@ -53,14 +58,14 @@ def write_gold(spark, users: int, items: int, dim: int) -> None:
         F.transform(F.sequence(F.lit(0), F.lit(19)), lambda x: (F.col("user_id") * 7 + x) % items).alias("item_ids"),
         F.array_repeat(F.lit(1.0), 20).alias("item_scores"), F.array().cast("array<long>").alias("bought_item_ids"),
         *stamp)), USER_ITEMS, "overwrite", run_id="b")  # fmt: skip
-    i = spark.range(items).withColumnRenamed("id", "item_id")
+    i = spark.range(items).withColumnRenamed("id", "item_id").crossJoin(dates)
     storage.write_table(fill(ITEM_FEATURES, i.select("item_id", (F.col("item_id") + 1).cast("int").alias("popularity_rank"),
         (F.rand(1) * 100).alias("price_mean"), F.lit("kids.toys").alias("category_code"), *stamp)),
         ITEM_FEATURES, "overwrite", run_id="b")  # fmt: skip
     storage.write_table(fill(ITEM_NEIGHBORS, i.select("item_id",
         F.transform(F.sequence(F.lit(1), F.lit(50)), lambda x: (F.col("item_id") + x) % items).alias("neighbor_ids"),
         F.array_repeat(F.lit(0.5), 50).alias("neighbor_weights"), *stamp)), ITEM_NEIGHBORS, "overwrite", run_id="b")  # fmt: skip
-    storage.write_table(fill(ITEM_EMBEDDINGS, i.select("item_id", F.lit("all-MiniLM-L6-v2").alias("model"),
+    storage.write_table(fill(ITEM_EMBEDDINGS, i.filter("_day = 0").select("item_id", F.lit("all-MiniLM-L6-v2").alias("model"),
         F.lit(dim).alias("dim"), F.array_repeat(F.lit(0.05).cast("float"), dim).alias("embedding"),
         F.lit("h").alias("content_hash"), F.lit(AT).alias("embedded_at"))), ITEM_EMBEDDINGS, "overwrite", run_id="b")  # fmt: skip
 
@@ -189,6 +194,34 @@ def raw_redis(store, users: int, items: int, calls: int, rng: np.random.Generato
     return {**read, "pipelined_write_rows_per_s": round(items / seconds)}
 
 
+@contextlib.contextmanager
+def feast_environment(env: str) -> Iterator[None]:
+    """A fresh SHOPLAKE_HOME for ``env``; for production, a fresh PostgreSQL registry database (dropped after) and
+    Redis database 11 emptied."""
+    home = Path(tempfile.mkdtemp(prefix=f"shoplake-bench-feast-{env}-"))
+    os.environ["SHOPLAKE_HOME"] = str(home)
+    os.environ["SHOPLAKE_FEAST_ENV"] = env
+    database = None
+    if env == "production":
+        import psycopg
+        import redis
+
+        database = f"shoplake_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {database}")
+        os.environ["SHOPLAKE_FEAST_REGISTRY_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
+        os.environ["SHOPLAKE_FEAST_REDIS"] = "127.0.0.1:6379,db=11"
+        redis.Redis(db=11).flushdb()
+    try:
+        yield
+    finally:
+        if database:
+            import psycopg
+
+            with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+                admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
 def main() -> None:
     import json
 
@@ -201,29 +234,9 @@ def main() -> None:
     rng = np.random.default_rng(7)
     results = []
     for env in ("local", "production"):
-        home = Path(tempfile.mkdtemp(prefix=f"shoplake-bench-feast-{env}-"))
-        os.environ["SHOPLAKE_HOME"] = str(home)
-        os.environ["SHOPLAKE_FEAST_ENV"] = env
-        database = None
-        if env == "production":
-            import psycopg
-            import redis
-
-            database = f"shoplake_bench_{uuid.uuid4().hex[:8]}"
-            with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
-                admin.execute(f"CREATE DATABASE {database}")
-            os.environ["SHOPLAKE_FEAST_REGISTRY_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
-            os.environ["SHOPLAKE_FEAST_REDIS"] = "127.0.0.1:6379,db=11"
-            redis.Redis(db=11).flushdb()
-        try:
+        with feast_environment(env):
             results.append(run_environment(env, args.users, args.items, args.calls, rng))
             print(json.dumps(results[-1], indent=2))
-        finally:
-            if database:
-                import psycopg
-
-                with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
-                    admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "feature_serving.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 
