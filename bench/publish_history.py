@@ -7,7 +7,7 @@ then filtering). It is the same code with the window turned off, in the same run
 daily publish then grew with the shop's history: each of the views of ``user_features`` read every user of every
 date.
 
-Run: ``python -m bench.publish_history --users 20000 --items 20000 --days 30`` (needs Redis and PostgreSQL on
+Run: ``python -m bench.publish_history --users 5000 --items 5000 --days 30`` (about 10 minutes; needs Redis and PostgreSQL on
 127.0.0.1 for the production rows).
 """
 
@@ -68,8 +68,8 @@ def run_environment(env: str, users: int, items: int, days: int) -> list[Measure
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--users", type=int, default=5_000)
+    parser.add_argument("--items", type=int, default=5_000)
     parser.add_argument("--days", type=int, default=30)
     args = parser.parse_args()
     os.environ.setdefault("SHOPLAKE_SPARK_UI", "false")
