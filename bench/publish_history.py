@@ -7,8 +7,8 @@ then filtering). It is the same code with the window turned off, in the same run
 daily publish then grew with the shop's history: each of the views of ``user_features`` read every user of every
 date.
 
-Run: ``python -m bench.publish_history --users 5000 --items 5000 --days 30`` (about 10 minutes; needs Redis and PostgreSQL on
-127.0.0.1 for the production rows).
+Run: ``python -m bench.publish_history --users 5000 --items 5000 --days 30`` (about 10 minutes; needs Redis and
+PostgreSQL on 127.0.0.1 for the production rows).
 """
 
 from __future__ import annotations
