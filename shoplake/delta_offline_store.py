@@ -37,6 +37,7 @@ from feast.infra.offline_stores import dask as feast_dask
 from feast.infra.offline_stores.dask import DaskOfflineStore, DaskOfflineStoreConfig
 from feast.infra.offline_stores.file_source import FileSource
 from feast.infra.offline_stores.offline_store import RetrievalJob
+from feast.infra.offline_stores.offline_utils import infer_event_timestamp_from_entity_df
 
 from shoplake.settings import get_settings
 
@@ -156,37 +157,33 @@ def _windowed(
 def historical_reads(feature_views: Iterable[Any], entity_df: Any) -> dict[str, SourceRead]:
     """Per source, the rows a point-in-time join can use: feature times from the earliest entity time less the
     view's TTL (no TTL: from the start) to the latest entity time; the columns of the views that read it."""
-    times = _entity_times(entity_df)
+    times = _entity_time_range(entity_df)
     if times is None:
         return {}
+    earliest, latest = times
     reads: dict[str, SourceRead] = {}
     for view in feature_views:
         source = view.batch_source
         ttl = view.ttl if view.ttl and view.ttl.total_seconds() else None
-        since = times.min() - ttl if ttl is not None else None
+        since = earliest - ttl if ttl is not None else None
         columns = {
             *(c.name for c in view.entity_columns), *(f.name for f in view.features), source.timestamp_field,
             source.created_timestamp_column or "",
         } - {""}  # fmt: skip
-        read = SourceRead(source.timestamp_field, since, times.max(), _projectable(source, columns))
+        read = SourceRead(source.timestamp_field, since, latest, _projectable(source, columns))
         reads[source.name] = reads[source.name].widened(read) if source.name in reads else read
     return reads
 
 
-def _entity_times(entity_df: Any) -> pd.Series | None:
-    """The entity rows' times as UTC, found as Feast finds them; None when they cannot be read here (no entity
-    frame, a dask frame, no such column): the job then reads whole sources, as Feast does."""
+def _entity_time_range(entity_df: Any) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The earliest and latest entity time, in UTC (a naive time is UTC, as Feast takes it), in the column Feast
+    takes them from; None when there is no pandas entity frame or a time is missing: the job then reads whole
+    sources, as Feast does."""
     if not isinstance(entity_df, pd.DataFrame) or entity_df.empty:
         return None
-    column = "event_timestamp"
-    if column not in entity_df.columns:
-        dated = entity_df.select_dtypes(include=["datetime", "datetimetz"]).columns
-        if len(dated) != 1:
-            return None
-        column = dated[0]
-    times = pd.to_datetime(entity_df[column])
-    times = times.dt.tz_localize("UTC") if times.dt.tz is None else times.dt.tz_convert("UTC")
-    return None if times.isna().any() else times
+    column = infer_event_timestamp_from_entity_df(dict(entity_df.dtypes))
+    times = pd.to_datetime(entity_df[column], utc=True)
+    return None if times.isna().any() else (times.min(), times.max())
 
 
 def _projectable(source: Any, columns: set[str]) -> frozenset[str] | None:
