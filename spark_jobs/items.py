@@ -67,9 +67,10 @@ def transform_catalog(raw: DataFrame, updated_at: dt.datetime) -> DataFrame:
 def check_catalog(raw: DataFrame, items: DataFrame, path: str) -> None:
     """Refuse the catalogue if any row breaks a rule. A good catalogue costs one pass over the file (every rule
     counted in one aggregation, five passes before); only a refused one is read again, for examples."""
+    item_id = F.col("item_id").try_cast("long")
     price = F.lower(blank_to_null("price"))  # "12,50" or "€5" would otherwise land as no price at all
     rules = [
-        ("item_id", "an item_id that is not an integer", "", F.col("item_id").try_cast("long").isNull()),
+        ("item_id", "an item_id that is not an integer", "", item_id.isNull()),
         ("price", "a price that is not a finite number",
          f" (a missing price is empty or one of {', '.join(MISSING_MARKERS)})",
          price.isNotNull() & ~price.isin(*MISSING_MARKERS) & finite_number("price").isNull()),
@@ -77,8 +78,8 @@ def check_catalog(raw: DataFrame, items: DataFrame, path: str) -> None:
     ]  # fmt: skip
     counts = raw.agg(
         *(F.count_if(rule).alias(f"rule_{i}") for i, (*_, rule) in enumerate(rules)),
-        F.count(F.col("item_id").try_cast("long")).alias("ids"),
-        F.count_distinct(F.col("item_id").try_cast("long")).alias("distinct_ids"),
+        F.count(item_id).alias("ids"),
+        F.count_distinct(item_id).alias("distinct_ids"),
     ).collect()[0]  # a global aggregation: one row
     for i, (column, what, hint, rule) in enumerate(rules):
         if counts[f"rule_{i}"]:
