@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import io
 import os
 import statistics
 import tempfile
@@ -117,6 +118,7 @@ def run_environment(env: str, users: int, items: int, calls: int, rng: np.random
     materialize_seconds = time.perf_counter() - began
     rows = 4 * users + 3 * items  # entity rows written: 4 user views, 3 item views
     store = feature_store.get_store()
+    feast_seconds = feasts_materialization(env, store, done)
 
     def request_on(on, item_features=ITEM_FEATURES_REFS):
         """Two calls: the user's features once, the candidates' features for 100 items."""
@@ -136,6 +138,9 @@ def run_environment(env: str, users: int, items: int, calls: int, rng: np.random
 
     result = {"env": env, "views": [m.view for m in done], "materialize_seconds": round(materialize_seconds, 2),
               "entity_rows": rows, "entity_rows_per_s": round(rows / materialize_seconds),
+              "feast_materialize_seconds": round(feast_seconds, 2),
+              "feast_entity_rows_per_s": round(rows / feast_seconds),
+              "x_feast_materialize": round(feast_seconds / materialize_seconds, 2),
               "feast": summary(latencies(request, calls)),
               "feast_without_embeddings": summary(latencies(request_without_embeddings, calls))}  # fmt: skip
     if env == "production":
@@ -143,6 +148,26 @@ def run_environment(env: str, users: int, items: int, calls: int, rng: np.random
         result["feast_stock_redis_store"] = summary(latencies(lambda: request_on(stock), calls))
         result["raw_redis"] = raw_redis(store, users, items, calls, rng)
     return result
+
+
+def feasts_materialization(env: str, store, done) -> float:
+    """The baseline for publishing: Feast's own materialize of the same windows, into the emptied online store
+    (what shoplake's ``online_writer`` replaces; the two write the same bytes). Returns its seconds."""
+    import sqlite3
+
+    import redis
+
+    if env == "local":
+        with contextlib.closing(sqlite3.connect(store.config.online_store.path)) as db, db:
+            for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                db.execute(f"DELETE FROM {table}")
+    else:
+        redis.Redis(host="127.0.0.1", port=6379, db=int(os.environ.get("BENCH_REDIS_DB", "11"))).flushdb()
+    began = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # Feast prints progress bars
+        for m in done:
+            store.materialize(start_date=m.start, end_date=m.end, feature_views=[m.view])
+    return time.perf_counter() - began
 
 
 def stock_redis_store(store):

@@ -9,12 +9,14 @@ local offline store, is Feast's dask store with its read changed: a ``DeltaForma
 snapshot with ``deltalake`` (partition columns included), any other source as Feast reads it. The read is a module
 function of Feast's store, so importing this module (as Feast does to load the store) installs it for the process.
 
-Feast's store reads a whole source and only then keeps the rows it needs, so a publish or a training set read every
-gold date the lake ever held, and its cost grew with the shop's history. This store tells the read what Feast will
-keep: materializing a window reads only that window's rows and the view's columns; a training set reads only the
-rows its entity times can see (from the earliest time less the view's TTL to the latest time). ``deltalake`` skips
-the files whose partition values or statistics lie outside (a gold date is a partition), and Feast's own filters
-still apply to what is read, so the answer is the same.
+Feast's store reads a whole source and only then keeps the rows it needs, so a materialization or a training set
+read every gold date the lake ever held, and its cost grew with the shop's history. This store tells the read what
+Feast will keep: materializing a window reads only that window's rows and the view's columns; a training set reads
+only the rows its entity times can see (from the earliest time less the view's TTL to the latest time).
+``deltalake`` skips the files whose partition values or statistics lie outside (a gold date is a partition), and
+Feast's own filters still apply to what is read, so the answer is the same. (``shoplake publish`` writes through
+``online_writer``, which reads its windows itself; Feast's materialization here serves ``feast materialize`` and
+views that writer does not take.)
 """
 
 from __future__ import annotations

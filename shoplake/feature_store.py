@@ -10,10 +10,11 @@ Environments (``SHOPLAKE_FEAST_ENV``), each also written as a ``feature_store.ya
 
 Publishing applies the definitions (re-applying keeps each view's materialization watermark) and materializes each
 feature view from its watermark — on the first run from its table's earliest feature time — up to the run's
-feature time; Feast writes the online store in batches — except on Redis, where ``redis_writer`` writes the same
-keys and values in bulk (Feast's row-by-row materialization is the slow part of publishing) and the window is
-recorded in the registry as Feast's materialize records it. Connection failures are retried with backoff and then
-reported as one clear error; definitions are written only by ``apply``, which Feast commits as a whole.
+feature time. ``online_writer`` writes the views' rows to the online store (SQLite or Redis) in bulk, in the keys
+and values Feast's materialization would write (that row-by-row materialization was the slow part of publishing),
+and the window is recorded in the registry as Feast's materialize records it; a view it cannot write goes through
+Feast's materialize. Connection failures are retried with backoff and then reported as one clear error;
+definitions are written only by ``apply``, which Feast commits as a whole.
 """
 
 from __future__ import annotations
@@ -193,9 +194,7 @@ def publish(
     views are materialized again from that date on, so an entity whose latest row is that date's (a user only its
     late events hold) goes online, while the others keep their newer rows (the latest row in the window wins).
     ``full_refresh`` materializes each view from its earliest feature time again."""
-    from feast.infra.online_stores.redis import RedisOnlineStoreConfig
-
-    from shoplake import redis_writer, storage
+    from shoplake import online_writer, storage
     from shoplake.catalog import USER_FEATURES
 
     settings = settings or get_settings()
@@ -209,13 +208,13 @@ def publish(
     done = []
     together: dict[tuple[str, dt.datetime, dt.datetime], list[Any]] = {}
     for view, start, end in _windows(store.list_feature_views(), full_refresh, since):
-        if isinstance(store.config.online_store, RedisOnlineStoreConfig) and redis_writer.supports(view):
+        if online_writer.supports(view, store.config.online_store):
             together.setdefault((_table(view), start, end), []).append(view)
         else:
             _materialize(store, view.name, start, end)
         done.append(Materialized(view.name, start, end))
     for (table, start, end), views in together.items():
-        _write_redis(store, table, start, end, views)
+        _write_online(store, table, start, end, views)
         for view in views:
             record = functools.partial(store.registry.apply_materialization, view, store.project, start, end)
             retrying(f"recording {view.name}'s materialization", record)
@@ -262,14 +261,12 @@ def _materialize(store: FeatureStore, view: str, start: dt.datetime, end: dt.dat
     retrying(f"materializing {view}", run)
 
 
-def _write_redis(store: FeatureStore, table: str, start: dt.datetime, end: dt.datetime, views: list[Any]) -> None:
+def _write_online(store: FeatureStore, table: str, start: dt.datetime, end: dt.datetime, views: list[Any]) -> None:
     """The views that read ``table`` over one window, in one pass."""
-    from shoplake import redis_writer
+    from shoplake import online_writer
 
-    rows = redis_writer.latest_rows(table, views, start, end)
-    retrying(
-        f"writing {', '.join(v.name for v in views)} to Redis", lambda: redis_writer.write_views(store, views, rows)
-    )
+    rows = online_writer.latest_rows(table, views, start, end)
+    retrying(f"writing {', '.join(v.name for v in views)} online", lambda: online_writer.write(store, views, rows))
 
 
 def _source(view: Any) -> Any:

@@ -11,7 +11,7 @@ import uuid
 import pandas as pd
 import pytest
 
-from shoplake import feature_store, redis_writer, storage
+from shoplake import feature_store, online_writer, storage
 from shoplake.catalog import ITEM_EMBEDDINGS, ITEM_FEATURES, ITEM_NEIGHBORS, USER_FEATURES, USER_ITEMS
 from shoplake.errors import ShoplakeError
 from shoplake.settings import get_settings
@@ -115,7 +115,7 @@ def test_publish_since_a_rerun_older_date_puts_its_own_entities_online_and_keeps
     """A late file for an older date, rerun as that date: a user whom only that date holds was never materialized
     (only the newest date is published again), and the consistency check failed the run."""
     with contextlib.ExitStack() as stack:
-        if environment == "production":  # Redis is written by redis_writer, SQLite by Feast's materialize
+        if environment == "production":
             request.getfixturevalue("postgres"), request.getfixturevalue("redis")
             stack.enter_context(production(monkeypatch, redis_db=5))
         write_gold(spark, [user_row(7, 1, "loyal"), user_row(7, 2, "champions")], [item_row(10, 2, 5.0)])
@@ -169,7 +169,8 @@ def test_feast_reads_a_tables_delta_snapshot_not_the_files_it_replaced(spark, la
 
 def test_feast_reads_only_the_rows_and_columns_each_job_keeps(spark, lake, monkeypatch):
     """Feast's file store read every gold date a source ever held, for each view, and only then kept a window:
-    publishing and training sets grew with the shop's history. Each read now takes only what the job keeps."""
+    publishing and training sets grew with the shop's history. Each read now takes only what the job keeps, as
+    does the online writer's."""
     from feast.infra.offline_stores import dask as feast_dask
 
     write_gold(
@@ -185,8 +186,26 @@ def test_feast_reads_only_the_rows_and_columns_each_job_keeps(spark, lake, monke
         reads.append((source.name, frame.compute()))
         return frame
 
+    read_arrow, tables = storage.read_arrow, []
+
+    def recording_arrow(table, columns, version=None, where=None):
+        tables.append((table, got := read_arrow(table, columns, version, where)))
+        return got
+
+    monkeypatch.setattr(storage, "read_arrow", recording_arrow)
+    feature_store.publish(spark)  # the newest date again (the online writer): only its rows
+    user_reads = [
+        rows.column("event_timestamp").to_pylist()
+        for table, rows in tables
+        if table == "user_features" and "segment" in rows.column_names
+    ]  # not the feature time range's read
+    assert user_reads and all(set(times) == {end_of(3).replace(tzinfo=dt.UTC)} for times in user_reads)
+
     monkeypatch.setattr(feast_dask, "_read_datasource", recording)
-    feature_store.publish(spark)  # the newest date again: its rows, the view's columns
+    newest, second = end_of(3).replace(tzinfo=dt.UTC), dt.timedelta(seconds=1)
+    # Feast's own materialization (`feast materialize`; views the online writer does not take): the window's
+    # rows, the view's columns
+    store.materialize(start_date=newest - second, end_date=newest + second, feature_views=["user_profile"])
     profile = [f.name for f in store.get_feature_view("user_profile").features]
     users = [frame for name, frame in reads if name == "user_features_source"]
     assert users and all(set(f["event_timestamp"]) == {pd.Timestamp(end_of(3), tz="UTC")} for f in users)
@@ -222,11 +241,13 @@ def test_the_writers_packed_lists_are_the_bytes_protobuf_serializes():
     lists = [[1.5, -2.25], None, [], [math.pi], [0.1 * n for n in range(300)], [float("inf"), -0.0]]
     for kind, arrow in ((ValueType.FLOAT_LIST, pa.float32()), (ValueType.DOUBLE_LIST, pa.float64())):
         column = pa.array([[0.0]] + lists, pa.list_(arrow)).slice(1)
-        encode = redis_writer._encoders()[kind]
-        assert redis_writer._encoded(column, kind, encode) == [b"" if v is None else encode(v) for v in lists]
+        encode = online_writer._encoders()[kind]
+        assert online_writer._encoded(column, kind, encode) == [b"" if v is None else encode(v) for v in lists]
     with_null_element = pa.array([[1.0, None]], pa.list_(pa.float64()))
     with pytest.raises(TypeError):  # Feast cannot encode a null element either; the writer does not hide it
-        redis_writer._encoded(with_null_element, ValueType.DOUBLE_LIST, redis_writer._encoders()[ValueType.DOUBLE_LIST])
+        online_writer._encoded(
+            with_null_element, ValueType.DOUBLE_LIST, online_writer._encoders()[ValueType.DOUBLE_LIST]
+        )
 
 
 def test_response_values_equal_feasts_to_dict_for_every_kind_of_value():
@@ -354,24 +375,58 @@ def test_production_environment_on_postgres_and_redis(spark, lake, monkeypatch, 
             feature_store.online_features(down, ["user_profile:segment"], [{"user_id": 8}])
 
 
-def test_the_bulk_redis_writer_writes_byte_for_byte_what_feast_materialize_writes(
-    spark, lake, monkeypatch, postgres, redis
+def online_contents(store, client=None) -> dict:
+    """Everything the online store holds, as stored: Redis hashes by key, or SQLite rows by view table."""
+    if client is not None:
+        return {key: client.hgetall(key) for key in client.keys("*")}
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(store.config.online_store.path)) as db:  # no type conversion: raw values
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: db.execute(f"SELECT * FROM {t} ORDER BY entity_key, feature_name").fetchall() for t in tables}
+
+
+def clear_online(store, client=None) -> None:
+    if client is not None:
+        client.flushdb()
+        return
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(store.config.online_store.path)) as db, db:
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            db.execute(f"DELETE FROM {table}")
+
+
+@pytest.mark.parametrize("environment", ["local", "production"])
+def test_the_bulk_online_writer_writes_byte_for_byte_what_feast_materialize_writes(
+    spark, lake, monkeypatch, request, environment
 ):
-    """Every view, with nulls, lists, strings and two feature dates (the latest row per entity wins)."""
-    with production(monkeypatch, redis_db=8) as client:
-        write_gold(spark, [user_row(7, 1, "browsers"), user_row(7, 2, "loyal", monetary=12.5), user_row(8, 1, "new")],
+    """Every view, with nulls, a NaN, lists, strings and two feature dates (the latest row per entity wins), on
+    SQLite and on Redis."""
+    with contextlib.ExitStack() as stack:
+        client = None
+        if environment == "production":
+            request.getfixturevalue("postgres"), request.getfixturevalue("redis")
+            client = stack.enter_context(production(monkeypatch, redis_db=8))
+        write_gold(spark, [user_row(7, 1, "browsers"), user_row(7, 2, "loyal", monetary=12.5),
+                           user_row(8, 1, "new", monetary=float("nan"))],
                    [item_row(10, 1, 5.0), item_row(11, 2, 8.0)])  # fmt: skip
         done = feature_store.publish(spark)
         store = feature_store.get_store()
-        assert all(redis_writer.supports(v) for v in store.list_feature_views())
+        assert all(online_writer.supports(v, store.config.online_store) for v in store.list_feature_views())
         assert len(done) == 7  # every view with a gold table (category_popular has none here)
-        ours = {key: client.hgetall(key) for key in client.keys("*")}
-        client.flushdb()
+        ours = online_contents(store, client)
+        clear_online(store, client)
         for m in done:
             store.materialize(start_date=m.start, end_date=m.end, feature_views=[m.view])
-        feasts = {key: client.hgetall(key) for key in client.keys("*")}
+        feasts = online_contents(store, client)
         assert ours == feasts
-        assert len(ours) == 4  # users 7 and 8, items 10 and 11
+        if client is not None:
+            assert len(ours) == 4  # users 7 and 8, items 10 and 11
+        else:
+            assert len(ours["shoplake_user_profile"]) == 2 * 9 and len(ours["shoplake_item_embedding"]) == 2 * 2
+        online = feature_store.online_features(store, ["user_profile:monetary"], [{"user_id": 8}, {"user_id": 7}])
+        assert online["monetary"] == [None, 12.5]  # Feast stores a NaN as the empty value: null online
 
         # the next publish writes the new feature date past each view's recorded window, and each other gold
         # view's newest date again (it may have been rerun); embeddings only when new ones exist
