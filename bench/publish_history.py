@@ -2,12 +2,11 @@
 holds many feature dates, reading only the window against reading every date and then keeping the window.
 
 The baseline is the read shoplake had until 2026-12-07 and Feast's file store has: the whole snapshot of each
-source (local: ``delta_offline_store`` without its job windows; production: ``redis_writer`` reading every row and
-then filtering). It is the same code with the window turned off, in the same run, so only the read differs. The
-daily publish then grew with the shop's history: each of the views of ``user_features`` read every user of every
-date.
+source, then filtered (``online_writer``'s read, and ``delta_offline_store`` for any view Feast materializes,
+without their windows). It is the same code with the window turned off, in the same run, so only the read
+differs. The daily publish then grew with the shop's history: each view read every row of every date.
 
-Run: ``python -m bench.publish_history --users 5000 --items 5000 --days 30`` (about 10 minutes; needs Redis and
+Run: ``python -m bench.publish_history --users 5000 --items 5000 --days 30`` (a few minutes; needs Redis and
 PostgreSQL on 127.0.0.1 for the production rows).
 """
 
