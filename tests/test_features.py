@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from shoplake import feature_store, online_writer, storage
-from shoplake.catalog import ITEM_EMBEDDINGS, ITEM_FEATURES, ITEM_NEIGHBORS, USER_FEATURES, USER_ITEMS
+from shoplake.catalog import CATEGORY_POPULAR, ITEM_EMBEDDINGS, ITEM_FEATURES, ITEM_NEIGHBORS, USER_FEATURES, USER_ITEMS
 from shoplake.errors import ShoplakeError
 from shoplake.settings import get_settings
 
@@ -411,10 +411,14 @@ def test_the_bulk_online_writer_writes_byte_for_byte_what_feast_materialize_writ
         write_gold(spark, [user_row(7, 1, "browsers"), user_row(7, 2, "loyal", monetary=12.5),
                            user_row(8, 1, "new", monetary=float("nan"))],
                    [item_row(10, 1, 5.0), item_row(11, 2, 8.0)])  # fmt: skip
+        popular = [row(CATEGORY_POPULAR, category=c, item_ids=ids, event_timestamp=end_of(1), created_timestamp=AT,
+                       as_of_date=dt.date(2019, 10, 1)) for c, ids in (("(all)", [11, 10]), ("café.outils", [10]))]  # fmt: skip
+        storage.write_table(spark.createDataFrame(popular, CATEGORY_POPULAR.schema), CATEGORY_POPULAR, "append",
+                            run_id="t")  # fmt: skip
         done = feature_store.publish(spark)
         store = feature_store.get_store()
         assert all(online_writer.supports(v, store.config.online_store) for v in store.list_feature_views())
-        assert len(done) == 7  # every view with a gold table (category_popular has none here)
+        assert len(done) == 8  # every view, category_popular's string keys too
         ours = online_contents(store, client)
         clear_online(store, client)
         for m in done:
@@ -422,11 +426,13 @@ def test_the_bulk_online_writer_writes_byte_for_byte_what_feast_materialize_writ
         feasts = online_contents(store, client)
         assert ours == feasts
         if client is not None:
-            assert len(ours) == 4  # users 7 and 8, items 10 and 11
+            assert len(ours) == 6  # users 7 and 8, items 10 and 11, two categories
         else:
             assert len(ours["shoplake_user_profile"]) == 2 * 9 and len(ours["shoplake_item_embedding"]) == 2 * 2
         online = feature_store.online_features(store, ["user_profile:monetary"], [{"user_id": 8}, {"user_id": 7}])
         assert online["monetary"] == [None, 12.5]  # Feast stores a NaN as the empty value: null online
+        online = feature_store.online_features(store, ["category_popular:item_ids"], [{"category": "café.outils"}])
+        assert online["item_ids"] == [[10]]
 
         # the next publish writes the new feature date past each view's recorded window, and each other gold
         # view's newest date again (it may have been rerun); embeddings only when new ones exist
