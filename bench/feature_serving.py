@@ -1,11 +1,14 @@
-"""Online feature serving: Feast retrieval of ``recommender_v1``-shaped requests against the raw store read of the
-same keys, and materialization throughput against a raw pipelined write, in the same run, on SQLite and Redis.
+"""Online feature serving and publishing, on SQLite and Redis: Feast retrieval against Feast's stock stores.
+
+Retrieval of ``recommender_v1``-shaped requests is timed against Feast's stock stores and (Redis) the raw read of
+the same keys; publishing against Feast's own materialization and (Redis) a raw pipelined write; all in one run.
 
 A request is what the reference recommender asks for one user and 100 candidate items: the user's features
-(profile, history, category affinity) and the items' features (stats, embedding, neighbours). On Redis the same
-requests also go through Feast's stock ``RedisOnlineStore`` (shoplake's production store is a subclass of it with a
-leaner read, ``shoplake.redis_online_store``). Baseline for Redis:
-one pipelined HGETALL per key of the same hash keys Feast reads (the floor a store client can reach). Published
+(profile, history, category affinity) and the items' features (stats, embedding, neighbours). The same requests
+also go through Feast's stock ``SqliteOnlineStore`` and ``RedisOnlineStore`` (shoplake's stores are subclasses of
+them with leaner reads, ``shoplake.sqlite_online_store`` and ``shoplake.redis_online_store``). Floor for Redis:
+one pipelined HGETALL per key of the same hash keys Feast reads (the floor a store client can reach). Publishing is
+timed against Feast's own materialization of the same windows (``feasts_materialization``). Published
 anchors: Feast's Python feature server p99 ≈ 125 ms, its Go server p99 ≈ 22 ms, for 100 entities × 50 features.
 
 Run: ``python -m bench.feature_serving --users 20000 --items 50000 --calls 1000`` (needs Redis and PostgreSQL on
@@ -143,9 +146,9 @@ def run_environment(env: str, users: int, items: int, calls: int, rng: np.random
               "x_feast_materialize": round(feast_seconds / materialize_seconds, 2),
               "feast": summary(latencies(request, calls)),
               "feast_without_embeddings": summary(latencies(request_without_embeddings, calls))}  # fmt: skip
+    stock = stock_store(env, store)
+    result["feast_stock_store"] = summary(latencies(lambda: request_on(stock), calls))
     if env == "production":
-        stock = stock_redis_store(store)
-        result["feast_stock_redis_store"] = summary(latencies(lambda: request_on(stock), calls))
         result["raw_redis"] = raw_redis(store, users, items, calls, rng)
     return result
 
@@ -170,17 +173,21 @@ def feasts_materialization(env: str, store, done) -> float:
     return time.perf_counter() - began
 
 
-def stock_redis_store(store):
-    """The same registry and Redis database read through Feast's own ``RedisOnlineStore`` (shoplake's production
-    store is a subclass with a leaner read; this is the comparison)."""
+def stock_store(env: str, store):
+    """The same registry and online store read through Feast's own ``SqliteOnlineStore`` or ``RedisOnlineStore``
+    (shoplake's stores are subclasses of them with leaner reads; this is the comparison)."""
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
     config = store.config
+    if env == "local":
+        online = {"type": "sqlite", "path": config.online_store.path}
+    else:
+        online = {"type": "redis", "connection_string": config.online_store.connection_string}
     return FeatureStore(config=RepoConfig(
         project=config.project, provider="local", registry=config.registry, repo_path=str(config.repo_path),
         entity_key_serialization_version=config.entity_key_serialization_version, offline_store={"type": "file"},
-        online_store={"type": "redis", "connection_string": config.online_store.connection_string},
+        online_store=online,
     ))  # fmt: skip
 
 

@@ -1,8 +1,9 @@
 """Feast for shoplake: the store of each environment, publishing (apply + materialize), and the consistency check.
 
 Environments (``SHOPLAKE_FEAST_ENV``), each also written as a ``feature_store.yaml`` under ``feature_repo/``:
-- ``local``: file registry and SQLite online store under ``$SHOPLAKE_HOME/feast``, Feast's file offline store
-  reading the gold Delta tables' snapshots through ``deltalake`` (``delta_offline_store``).
+- ``local``: file registry and SQLite online store under ``$SHOPLAKE_HOME/feast`` (Feast's SQLite store with a
+  leaner read, ``sqlite_online_store``), Feast's file offline store reading the gold Delta tables' snapshots
+  through ``deltalake`` (``delta_offline_store``).
 - ``production``: SQL registry on PostgreSQL (``SHOPLAKE_FEAST_REGISTRY_URL``), Redis online store
   (``SHOPLAKE_FEAST_REDIS``; Feast's Redis store with a leaner read, ``redis_online_store``), Feast's Spark offline
   store. Delta's Spark connector is absent here, so the gold tables are registered as Spark temporary views over
@@ -60,6 +61,7 @@ def repo_config(settings: Settings | None = None) -> Any:
 
     from shoplake.delta_offline_store import STORE_TYPE as DELTA_OFFLINE_STORE
     from shoplake.redis_online_store import STORE_TYPE as REDIS_STORE
+    from shoplake.sqlite_online_store import STORE_TYPE as SQLITE_STORE
 
     settings = settings or get_settings()
     feast_dir = settings.home / "feast"
@@ -76,7 +78,7 @@ def repo_config(settings: Settings | None = None) -> Any:
     return RepoConfig(
         project=PROJECT, provider="local", entity_key_serialization_version=3,
         registry={"registry_type": "file", "path": str(feast_dir / "registry.db"), "cache_ttl_seconds": 0},
-        online_store={"type": "sqlite", "path": str(feast_dir / "online.db")},
+        online_store={"type": SQLITE_STORE, "path": str(feast_dir / "online.db")},
         offline_store={"type": DELTA_OFFLINE_STORE},
         repo_path=str(REPO_DIR),
     )  # fmt: skip

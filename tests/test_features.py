@@ -449,30 +449,40 @@ def test_the_bulk_online_writer_writes_byte_for_byte_what_feast_materialize_writ
         assert online["segment"] == ["champions", "loyal"]
 
 
-def test_shoplakes_redis_store_answers_exactly_what_feasts_redis_store_answers(
-    spark, lake, monkeypatch, postgres, redis
+@pytest.mark.parametrize("environment", ["local", "production"])
+def test_shoplakes_online_stores_answer_exactly_what_feasts_stores_answer(
+    spark, lake, monkeypatch, request, environment
 ):
-    """The same response proto (values, statuses, feature times) from Feast's stock Redis store and from the leaner
-    read: feature services with an on-demand view, views of two entities in one request, repeated and unknown
-    entities, full feature names."""
+    """The same response proto (values, statuses, feature times) from Feast's stock SQLite and Redis stores and
+    from the leaner reads: feature services with an on-demand view, views of two entities in one request, repeated
+    and unknown entities, full feature names."""
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
     from shoplake.redis_online_store import ShoplakeRedisOnlineStore
+    from shoplake.sqlite_online_store import ShoplakeSqliteOnlineStore
 
-    with production(monkeypatch, redis_db=7):
+    with contextlib.ExitStack() as stack:
+        if environment == "production":
+            request.getfixturevalue("postgres"), request.getfixturevalue("redis")
+            stack.enter_context(production(monkeypatch, redis_db=7))
         write_gold(spark, [user_row(7, 1, "browsers"), user_row(7, 2, "loyal", monetary=12.5), user_row(8, 1, "new")],
                    [item_row(10, 1, 5.0), item_row(11, 2, 8.0)])  # fmt: skip
         feature_store.publish(spark)
         ours = feature_store.get_store()
-        assert isinstance(ours._get_provider().online_store, ShoplakeRedisOnlineStore)
         config = ours.config
+        if environment == "production":
+            assert isinstance(ours._get_provider().online_store, ShoplakeRedisOnlineStore)
+            feasts = {"type": "redis", "connection_string": get_settings().feast_redis}
+        else:
+            assert isinstance(ours._get_provider().online_store, ShoplakeSqliteOnlineStore)
+            feasts = {"type": "sqlite", "path": config.online_store.path}
         stock = FeatureStore(config=RepoConfig(
             project=config.project, provider="local", registry=config.registry, repo_path=str(config.repo_path),
             entity_key_serialization_version=config.entity_key_serialization_version, offline_store={"type": "file"},
-            online_store={"type": "redis", "connection_string": get_settings().feast_redis},
+            online_store=feasts,
         ))  # fmt: skip
-        assert type(stock._get_provider().online_store).__name__ == "RedisOnlineStore"
+        assert type(stock._get_provider().online_store).__name__ in ("RedisOnlineStore", "SqliteOnlineStore")
 
         recommender = ours.get_feature_service("recommender_v1")
         both = [{"user_id": u, "item_id": i} for u, i in ((7, 10), (8, 11), (7, 11), (404, 10), (7, 999), (7, 10))]
