@@ -230,6 +230,32 @@ def test_feast_reads_only_the_rows_and_columns_each_job_keeps(spark, lake, monke
     assert historical_reads([store.get_feature_view("user_profile")], None) == {}  # no entity rows: a whole read
 
 
+def test_the_writers_scalars_and_sqlite_texts_are_what_feast_converts():
+    """Each scalar kind from its Arrow column — nulls, NaN, a double in a float field, an integer in a double field
+    — gives the bytes of the ``ValueProto`` Feast's type mapping builds, and SQLite's ``value_text`` Feast derives."""
+    import pyarrow as pa
+    from feast.infra.online_stores.helpers import extract_text_and_num
+    from feast.utils import _columns_to_proto_values
+    from feast.value_type import ValueType
+
+    columns = [
+        (ValueType.DOUBLE, pa.array([0.1, None, float("nan"), -2.5e300, 3.0], pa.float64())),
+        (ValueType.DOUBLE, pa.array([5, None, -7], pa.int64())),
+        (ValueType.FLOAT, pa.array([0.1, None, float("nan"), 1e-30], pa.float64())),
+        (ValueType.INT64, pa.array([7, None, -(2**62)], pa.int64())),
+        (ValueType.INT64, pa.array([3, None], pa.int32())),
+        (ValueType.INT32, pa.array([3, None, -9], pa.int32())),
+        (ValueType.STRING, pa.array(["kids.toys", None, "", "café ☕"], pa.string())),
+        (ValueType.BOOL, pa.array([True, None, False], pa.bool_())),
+    ]
+    for kind, column in columns:
+        feasts = _columns_to_proto_values(pa.record_batch({"v": column}), [("v", kind)])["v"]  # materialize's path
+        assert online_writer._encoded(column, kind, online_writer._encoders()[kind]) == [
+            v.SerializeToString() for v in feasts
+        ], kind
+        assert online_writer._texts(column, kind) == [extract_text_and_num(v, False)[0] for v in feasts], kind
+
+
 def test_the_writers_packed_lists_are_the_bytes_protobuf_serializes():
     """Float and double lists framed from Arrow's buffer equal ``ValueProto.SerializeToString`` — null, empty,
     one-element and long lists (multi-byte length prefixes), in a sliced batch as ``write_views`` reads them."""
