@@ -121,7 +121,7 @@ def latest_rows(table: str, views: list[FeatureView], since: dt.datetime, until:
     first = pc.not_equal(keys.slice(1), keys.slice(0, max(len(keys) - 1, 0)))
     latest = pa.concat_arrays([pa.array([True] if len(keys) else [], pa.bool_()), *first.chunks])
     rows = rows.filter(latest)
-    micros = pc.cast(pc.cast(rows.column(time), pa.timestamp("us", tz="UTC")), pa.int64())
+    micros = pc.cast(pc.cast(rows.column(time), utc), pa.int64())
     return rows.select([key, *features]).append_column("_feature_micros", micros)
 
 
